@@ -1,0 +1,153 @@
+"""Cost of a full stage-1 training step (forward + backward + AdamW) with the clip, filip and sparc losses.
+
+    python benchmarks/loss_cost.py                                  # tiny model, batch 32..512
+    python benchmarks/loss_cost.py --preset small --batch-sizes 32 64 128 --out benchmarks/results/small.json
+
+Each (loss, batch size) runs in a fresh subprocess so that its peak memory is its own: on CUDA the
+allocator's max_memory_allocated, on CPU the process's peak RSS during the timed steps minus its RSS before
+them (model, optimizer state and inputs excluded; activations, gradients, temporaries included). Times are medians over repeated steps after warm-up.
+Writes {"results": [{"loss", "batch_size", "step_ms", "peak_mem_mb", ...}, ...]} and prints a table with
+SPARC and FILIP relative to CLIP (the paper's Table 11 reports SPARC +0.55% FLOPs / +0.49% memory over
+CLIP, FILIP ~3x FLOPs and 1.8x memory, at batch 16384 on TPUs).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+LOSSES = ("clip", "filip", "sparc")
+
+
+def proc_status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status (Linux only)")
+
+
+def reset_peak_rss() -> None:
+    """Linux: writing 5 to clear_refs resets VmHWM (the peak RSS) to the current RSS."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def one_config(preset: str, loss: str, batch_size: int, steps: int, precision: str) -> dict:
+    """Runs inside the subprocess: build the model, time `steps` training steps, measure peak memory."""
+    import torch
+
+    from spark_vlm.losses import clip_loss, filip_loss, spark_loss
+    from spark_vlm.models import SparkConfig, SparkModel
+
+    torch.manual_seed(0)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = SparkModel(SparkConfig.from_preset(preset, vocab_size=1000)).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    c = model.config
+    px = torch.randn(batch_size, 3, c.image_size, c.image_size, device=device)
+    ids = torch.randint(1, 1000, (batch_size, c.max_text_len), device=device)
+    lengths = torch.randint(c.max_text_len // 3, c.max_text_len + 1, (batch_size,), device=device)
+    mask = torch.arange(c.max_text_len, device=device)[None] < lengths[:, None]
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = model(px, ids, mask)
+            if loss == "clip":
+                value = clip_loss(out.image_embeds, out.text_embeds, out.logit_scale)
+            elif loss == "filip":
+                value = filip_loss(out.patch_embeds, out.token_embeds, out.token_mask, out.logit_scale)
+            else:
+                value = spark_loss(out.image_embeds, out.text_embeds, out.patch_embeds, out.token_embeds,
+                                   out.token_mask, out.logit_scale)["loss"]
+        value.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    step()  # warm-up; also allocates the optimizer state, which belongs to every loss alike
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        reset_peak_rss()
+        base = proc_status_kib("VmRSS")
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - t0) * 1000)
+    if device.type == "cuda":
+        peak_mb = (torch.cuda.max_memory_allocated() - base) / 2**20
+    else:
+        peak_mb = (proc_status_kib("VmHWM") - base) / 1024
+    return {"loss": loss, "batch_size": batch_size, "preset": preset, "precision": precision,
+            "step_ms": statistics.median(times), "step_ms_all": times, "peak_mem_mb": peak_mb,
+            "device": str(device)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="tiny", choices=["tiny", "small", "base"])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 64, 128, 256, 512])
+    parser.add_argument("--losses", nargs="+", default=list(LOSSES), choices=LOSSES)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per config (after one warm-up)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--out", default="benchmarks/results/loss_cost.json")
+    parser.add_argument("--_worker", nargs=2, metavar=("LOSS", "BATCH"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args._worker:  # inside the subprocess
+        loss, batch = args._worker
+        print(json.dumps(one_config(args.preset, loss, int(batch), args.steps, args.precision)))
+        return
+
+    results = []
+    for batch in args.batch_sizes:
+        for loss in args.losses:
+            cmd = [sys.executable, __file__, "--preset", args.preset, "--steps", str(args.steps),
+                   "--precision", args.precision, "--_worker", loss, str(batch)]
+            # A fixed mmap threshold makes glibc return every large freed tensor to the OS at once, so the
+            # process's RSS follows live memory and its peak is the step's real peak.
+            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if proc.returncode != 0:
+                print(f"{loss} @ {batch}: failed ({proc.stderr.strip().splitlines()[-1:]})", file=sys.stderr)
+                results.append({"loss": loss, "batch_size": batch, "error": proc.stderr[-500:]})
+                continue
+            row = json.loads(proc.stdout.strip().splitlines()[-1])
+            results.append(row)
+            print(f"  {loss:5s} batch {batch:4d}: {row['step_ms']:9.1f} ms/step  {row['peak_mem_mb']:8.1f} MB",
+                  flush=True)
+
+    print_table(results)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"preset": args.preset, "precision": args.precision, "steps": args.steps,
+            "machine": platform.processor() or platform.machine(), "command": " ".join(sys.argv)}
+    out.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    print(f"wrote {out}")
+
+
+def print_table(results: list[dict]) -> None:
+    by = {(r["loss"], r["batch_size"]): r for r in results if "error" not in r}
+    print("\n| batch | loss | step ms | peak MB | step vs CLIP | memory vs CLIP |")
+    print("|---:|---|---:|---:|---:|---:|")
+    for batch in sorted({b for _, b in by}):
+        clip = by.get(("clip", batch))
+        for loss in LOSSES:
+            r = by.get((loss, batch))
+            if r is None:
+                continue
+            rel_t = f"{r['step_ms'] / clip['step_ms']:.2f}x" if clip else "-"
+            rel_m = f"{r['peak_mem_mb'] / clip['peak_mem_mb']:.2f}x" if clip and clip["peak_mem_mb"] > 0 else "-"
+            print(f"| {batch} | {loss} | {r['step_ms']:.1f} | {r['peak_mem_mb']:.0f} | {rel_t} | {rel_m} |")
+
+
+if __name__ == "__main__":
+    main()

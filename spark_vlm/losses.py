@@ -1,0 +1,224 @@
+"""Stage-1 objectives: CLIP (global), FILIP (late interaction) and SPARK/SPARC (global + fine-grained).
+
+Specification: ../shared/docs/sparc_method.md (Bica et al. 2024, Eqs. 1-7). Conventions used everywhere:
+  patch_embeds [B, P, D]  adapted, un-normalised patch embeddings  v_p = g_v(f_v(x)_p)
+  token_embeds [B, L, D]  adapted, un-normalised token embeddings  t_l = g_t(f_t(y)_l)
+  token_mask   [B, L]     bool, True = real token
+  logit_scale             1/tau, a float or 0-dim tensor (the model clamps it at 100)
+Image side first, as in `clip_loss`.
+
+The batch-negative losses (CLIP, FILIP) gather embeddings from every process *with gradient* in one place,
+`gather_with_grad`, and each rank scores its local rows against the global batch (open_clip's
+local-loss + gather-with-grad scheme). With DDP's gradient averaging, N processes x batch b then give the
+same loss value and gradients as one process with batch N*b. The fine-grained SPARC loss is computed
+inside each image-caption pair, so it needs no communication at all.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+__all__ = [
+    "clip_loss",
+    "filip_loss",
+    "sparc_alignment",
+    "sparc_fine_grained_loss",
+    "spark_loss",
+    "gather_with_grad",
+]
+
+
+# --------------------------------------------------------------------------------------------- distributed
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate `x` from all processes along dim 0, keeping the autograd graph to every rank's slice.
+
+    torch.distributed.nn.all_gather's backward all-reduces the incoming gradients, so each rank receives the
+    gradient that *all* ranks' losses put on its own embeddings. A single process returns `x` unchanged.
+    """
+    _, world = _world()
+    if world == 1:
+        return x
+    import torch.distributed.nn.functional as dist_fn
+
+    return _ContiguousGrad.apply(torch.cat(dist_fn.all_gather(x.contiguous()), dim=0))
+
+
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward makes the incoming gradient contiguous. all_gather's backward (at least on
+    gloo) scatters a non-contiguous gradient, e.g. one coming out of an einsum, to the wrong rows;
+    tests/test_losses.py::test_gather_with_grad_distributed_backward pins this down."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous()
+
+
+def _gather_no_grad(x: torch.Tensor) -> torch.Tensor:
+    _, world = _world()
+    if world == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(world)]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+def _local_labels(local_batch: int, device: torch.device) -> torch.Tensor:
+    # Row i of this rank is column (rank * b + i) of the gathered batch.
+    rank, _ = _world()
+    return torch.arange(local_batch, device=device) + rank * local_batch
+
+
+# --------------------------------------------------------------------------------------------- CLIP
+def clip_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale) -> torch.Tensor:
+    """Symmetric InfoNCE on cosine similarity (Eq. 1). Inputs [B, D], un-normalised; returns a scalar."""
+    img = F.normalize(image_embeds.float(), dim=-1)
+    txt = F.normalize(text_embeds.float(), dim=-1)
+    all_img, all_txt = gather_with_grad(img), gather_with_grad(txt)
+    labels = _local_labels(img.shape[0], img.device)
+    logits_per_image = logit_scale * img @ all_txt.t()  # [b, N*b]
+    logits_per_text = logit_scale * txt @ all_img.t()
+    return 0.5 * (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels))
+
+
+# --------------------------------------------------------------------------------------------- FILIP
+def filip_loss(
+    patch_embeds: torch.Tensor, token_embeds: torch.Tensor, token_mask: torch.Tensor, logit_scale
+) -> torch.Tensor:
+    """FILIP late interaction with batch negatives (Yao et al. 2021).
+
+    sim(image i -> text j) = mean over i's patches of the max cosine over j's real tokens;
+    sim(text j -> image i) = mean over j's real tokens of the max cosine over i's patches.
+    Builds a [b, N*b, P, L] tensor on purpose: that B^2*L*P cost is what SPARC avoids.
+    """
+    v = F.normalize(patch_embeds.float(), dim=-1)
+    t = F.normalize(token_embeds.float(), dim=-1)
+    mask = token_mask.bool()
+    all_v, all_t, all_mask = gather_with_grad(v), gather_with_grad(t), _gather_no_grad(mask)
+    labels = _local_labels(v.shape[0], v.device)
+    neg = torch.finfo(torch.float32).min
+
+    # image -> text: local images against all texts
+    sim = torch.einsum("ipd,jld->ijpl", v, all_t)  # [b, N*b, P, L]
+    sim = sim.masked_fill(~all_mask[None, :, None, :], neg)
+    i2t = sim.max(dim=3).values.mean(dim=2)  # [b, N*b]
+
+    # text -> image: local texts against all images
+    sim = torch.einsum("jld,ipd->jilp", t, all_v)  # [b, N*b, L, P]
+    per_token = sim.max(dim=3).values  # [b, N*b, L]
+    m = mask[:, None, :].float()
+    t2i = (per_token * m).sum(-1) / m.sum(-1).clamp_min(1.0)  # [b, N*b]
+
+    return 0.5 * (
+        F.cross_entropy(logit_scale * i2t, labels) + F.cross_entropy(logit_scale * t2i, labels)
+    )
+
+
+# --------------------------------------------------------------------------------------------- SPARC
+def sparc_alignment(
+    patch_embeds: torch.Tensor,
+    token_embeds: torch.Tensor,
+    token_mask: torch.Tensor | None = None,
+    threshold: float | None = None,
+    eps: float = 1e-6,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sparse token-to-patch alignment within each pair (Eqs. 2-5).
+
+    Returns (grouped [B, L, D], weights [B, L, P]) in fp32. Padded tokens get all-zero weights and a zero
+    grouped embedding. Runs in fp32 even under autocast: the min-max and the 1/P threshold are sensitive.
+    """
+    with torch.autocast(device_type=patch_embeds.device.type, enabled=False):
+        v = patch_embeds.float()
+        t = token_embeds.float()
+        num_patches = v.shape[1]
+        sigma = 1.0 / num_patches if threshold is None else float(threshold)
+
+        # Eq. 2: plain inner products of the un-normalised adapted embeddings, [B, L, P].
+        s = torch.bmm(t, v.transpose(1, 2))
+
+        # Eq. 3: min-max normalise each token's row across patches. A flat row (all patches tie, e.g. a
+        # constant pad embedding) has no best patch: treat every patch as best (value 1, uniform weights).
+        # The denominator is made safe *before* dividing so neither the value nor the gradient is NaN.
+        s_min = s.min(dim=-1, keepdim=True).values
+        s_max = s.max(dim=-1, keepdim=True).values
+        spread = s_max - s_min
+        flat = spread <= eps
+        s_hat = torch.where(flat, torch.ones_like(s), (s - s_min) / torch.where(flat, torch.ones_like(spread), spread))
+
+        # Eq. 4: sparsify with sigma = 1/P. The best patch has value exactly 1, so every row keeps >= 1 patch.
+        s_tilde = s_hat * (s_hat >= sigma).to(s_hat.dtype)
+
+        # Eq. 5: L1 renormalisation (no softmax: the paper's ablation shows softmax hurts).
+        weights = s_tilde / s_tilde.sum(dim=-1, keepdim=True)
+        if token_mask is not None:
+            weights = weights * token_mask.to(weights.dtype).unsqueeze(-1)
+
+        # Language-grouped vision embeddings: c_l = sum_p a_lp v_p, from this pair's own patches only.
+        grouped = torch.bmm(weights, v)
+    return grouped, weights
+
+
+def sparc_fine_grained_loss(
+    patch_embeds: torch.Tensor, token_embeds: torch.Tensor, token_mask: torch.Tensor, logit_scale
+) -> torch.Tensor:
+    """Fine-grained loss (Eq. 6): each token against the grouped embeddings of its *own* caption.
+
+    Padded tokens are excluded as anchors (rows) and as negatives (columns). Averaged over each caption's
+    real tokens, then over the captions of the batch (captions with no real token are left out).
+    Memory is O(B * L * (P + L)); no B x B x L x P tensor is built.
+    """
+    mask = token_mask.bool()
+    grouped, _ = sparc_alignment(patch_embeds, token_embeds, mask)
+    with torch.autocast(device_type=patch_embeds.device.type, enabled=False):
+        c = F.normalize(grouped, dim=-1)
+        t = F.normalize(token_embeds.float(), dim=-1)
+        scale = logit_scale.float() if torch.is_tensor(logit_scale) else logit_scale
+
+        # A very negative *finite* fill: exp() underflows to exactly 0 like -inf, but a caption whose
+        # tokens are all padding cannot produce NaN (and 0 * NaN would still poison the gradients).
+        neg = torch.finfo(torch.float32).min
+        col_pad = ~mask[:, None, :]  # [B, 1, L]
+        logits_t2c = (scale * torch.bmm(t, c.transpose(1, 2))).masked_fill(col_pad, neg)  # [B, L, L]
+        logits_c2t = (scale * torch.bmm(c, t.transpose(1, 2))).masked_fill(col_pad, neg)
+        # The positive of row j is column j: the diagonal of the log-softmax.
+        nll_t2c = -torch.diagonal(logits_t2c.log_softmax(dim=-1), dim1=1, dim2=2)  # [B, L]
+        nll_c2t = -torch.diagonal(logits_c2t.log_softmax(dim=-1), dim1=1, dim2=2)
+
+        # Padded rows are dropped with `where`, not by multiplying: their own diagonal entry is the fill
+        # value, so their NLL is huge (or inf) and 0 * inf would be NaN.
+        nll = torch.where(mask, nll_t2c + nll_c2t, torch.zeros_like(nll_t2c))
+        num_tokens = mask.float().sum(dim=1)  # L_i
+        per_caption = nll.sum(dim=1) / (2.0 * num_tokens.clamp_min(1.0))
+        has_tokens = (num_tokens > 0).float()
+        return (per_caption * has_tokens).sum() / has_tokens.sum().clamp_min(1.0)
+
+
+# --------------------------------------------------------------------------------------------- total
+def spark_loss(
+    image_embeds: torch.Tensor,
+    text_embeds: torch.Tensor,
+    patch_embeds: torch.Tensor,
+    token_embeds: torch.Tensor,
+    token_mask: torch.Tensor,
+    logit_scale,
+    lambda_global: float = 0.5,
+    lambda_fine: float = 1.0,
+) -> dict[str, torch.Tensor]:
+    """Eq. 7: lambda_g * L_global + lambda_f * L_fine. Returns the total and both parts (for logging)."""
+    global_loss = clip_loss(image_embeds, text_embeds, logit_scale)
+    fine_loss = sparc_fine_grained_loss(patch_embeds, token_embeds, token_mask, logit_scale)
+    return {
+        "loss": lambda_global * global_loss + lambda_fine * fine_loss,
+        "global_loss": global_loss,
+        "fine_loss": fine_loss,
+    }

@@ -1,0 +1,44 @@
+"""Zero-shot retrieval recall (image->text and text->image R@K) from a similarity matrix.
+
+Pure functions over arrays; an image may have several captions (COCO has 5). Image->text counts a hit
+when *any* of the image's captions is in the top K (the standard COCO/Flickr protocol, as CLIP_benchmark).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def retrieval_recall(similarity, text_to_image, ks=(1, 5, 10)) -> dict[str, float]:
+    """`similarity` [num_images, num_texts]; `text_to_image[j]` = index of the image text j describes.
+
+    Returns percentages: image_to_text_R@K, text_to_image_R@K and their mean R@K. Ties are broken
+    pessimistically (a correct item tied with a wrong one does not count as ranked above it).
+    """
+    sim = torch.as_tensor(similarity).detach().cpu().double()
+    t2i = torch.as_tensor(np.asarray(text_to_image), dtype=torch.long)
+    num_images, num_texts = sim.shape
+    if t2i.shape != (num_texts,):
+        raise ValueError(f"text_to_image has shape {tuple(t2i.shape)}, expected ({num_texts},)")
+    if num_texts and (t2i.min() < 0 or t2i.max() >= num_images):
+        raise ValueError("text_to_image holds an index outside the similarity matrix")
+
+    # text -> image: rank of the correct image = number of images scoring >= it, minus one.
+    correct = sim[t2i, torch.arange(num_texts)]  # [T]
+    rank_t2i = (sim >= correct[None, :]).sum(dim=0) - 1  # [T]
+
+    # image -> text: best rank over the image's own captions.
+    positive = torch.zeros_like(sim, dtype=torch.bool)
+    positive[t2i, torch.arange(num_texts)] = True
+    best_pos = torch.where(positive, sim, torch.full_like(sim, -torch.inf)).max(dim=1).values  # [I]
+    rank_i2t = (torch.where(positive, torch.full_like(sim, -torch.inf), sim) >= best_pos[:, None]).sum(dim=1)
+    has_caption = positive.any(dim=1)
+
+    out = {}
+    for k in ks:
+        i2t = 100.0 * (rank_i2t[has_caption] < k).double().mean().item() if has_caption.any() else float("nan")
+        t2i_r = 100.0 * (rank_t2i < k).double().mean().item() if num_texts else float("nan")
+        out[f"image_to_text_R@{k}"] = i2t
+        out[f"text_to_image_R@{k}"] = t2i_r
+        out[f"R@{k}"] = (i2t + t2i_r) / 2
+    return out

@@ -1,0 +1,96 @@
+"""The two stage-1 towers, trained from scratch: a ViT (patch tokens, no CLS) and a bidirectional text
+Transformer. Both are stacks of the same pre-LN block with PyTorch SDPA attention; masks are passed
+explicitly as arguments, never stored on the layers.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+try:  # transformers >= 4.52: a block that `activation_checkpointing_enable()` knows how to checkpoint
+    from transformers.modeling_layers import GradientCheckpointingLayer as _BlockBase
+except ImportError:  # pragma: no cover - older transformers
+    _BlockBase = nn.Module
+
+
+class Attention(nn.Module):
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by heads {heads}")
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, n, w = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+        # SDPA takes a boolean mask where True = may attend; broadcast it over heads and queries.
+        attn_mask = None if key_padding_mask is None else key_padding_mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.proj(out.transpose(1, 2).reshape(b, n, w))
+
+
+class Block(_BlockBase):
+    """Pre-LN Transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(width)
+        self.attn = Attention(width, heads)
+        self.ln_2 = nn.LayerNorm(width)
+        hidden = int(width * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
+
+    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), key_padding_mask)
+        return x + self.mlp(self.ln_2(x))
+
+
+class VisionTransformer(nn.Module):
+    """ViT f_v: image [B, 3, H, W] -> patch features [B, P, width]. No CLS token (SPARC pools by mean)."""
+
+    def __init__(self, image_size: int, patch_size: int, width: int, layers: int, heads: int, mlp_ratio: float):
+        super().__init__()
+        if image_size % patch_size:
+            raise ValueError(f"image_size {image_size} is not divisible by patch_size {patch_size}")
+        self.num_patches = (image_size // patch_size) ** 2
+        self.patch_embed = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size)
+        self.pos_embed = nn.Parameter(torch.randn(1, self.num_patches, width) * 0.02)
+        self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio) for _ in range(layers))
+        self.ln_post = nn.LayerNorm(width)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(pixel_values).flatten(2).transpose(1, 2)  # [B, P, width]
+        if x.shape[1] != self.num_patches:
+            raise ValueError(f"expected {self.num_patches} patches, got {x.shape[1]} (wrong image size?)")
+        x = x + self.pos_embed
+        for block in self.blocks:
+            x = block(x)
+        return self.ln_post(x)
+
+
+class TextTransformer(nn.Module):
+    """Bidirectional text encoder f_t: token ids [B, L] + mask -> token features [B, L, width]."""
+
+    def __init__(self, vocab_size: int, max_len: int, width: int, layers: int, heads: int, mlp_ratio: float):
+        super().__init__()
+        self.max_len = max_len
+        self.token_embed = nn.Embedding(vocab_size, width)
+        self.pos_embed = nn.Parameter(torch.randn(1, max_len, width) * 0.01)
+        self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio) for _ in range(layers))
+        self.ln_final = nn.LayerNorm(width)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        length = input_ids.shape[1]
+        if length > self.max_len:
+            raise ValueError(f"text length {length} exceeds max_text_len {self.max_len}")
+        x = self.token_embed(input_ids) + self.pos_embed[:, :length]
+        mask = attention_mask.bool()
+        # A caption with no real token would give a fully masked attention row (NaN in SDPA); let it
+        # attend to everything instead. Its tokens are excluded downstream by the mask anyway.
+        mask = mask | ~mask.any(dim=1, keepdim=True)
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.ln_final(x)

@@ -1,0 +1,74 @@
+"""Atomic training checkpoints and `--resume latest`.
+
+A checkpoint is `<run_dir>/checkpoints/step_<N>/`: Accelerate's full state (model, optimizer, scheduler,
+RNG states; DeepSpeed shards under DeepSpeed) plus `trainer_state.json`. It is written into a temporary
+folder and renamed into place only when complete, so a crash mid-save never leaves a checkpoint that
+`--resume latest` would pick up half-written.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+STATE_FILE = "trainer_state.json"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    root = checkpoint_dir(run_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        match = _STEP_DIR.match(path.name)
+        if match and (path / STATE_FILE).is_file():
+            found.append((int(match.group(1)), path))
+    return [p for _, p in sorted(found)]
+
+
+def resolve_resume(run_dir: str | Path, resume: str | None) -> Path | None:
+    """`None` -> no resume; `latest` -> newest complete checkpoint (None if there is none); else a path."""
+    if resume is None:
+        return None
+    if resume == "latest":
+        found = list_checkpoints(run_dir)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not (path / STATE_FILE).is_file():
+        raise FileNotFoundError(f"--resume {resume}: not a complete checkpoint (no {STATE_FILE} inside)")
+    return path
+
+
+def save_checkpoint(accelerator, run_dir: str | Path, step: int, state: dict, keep: int = 2) -> Path:
+    """Save the full training state for `step` atomically; keep only the newest `keep` checkpoints."""
+    root = checkpoint_dir(run_dir)
+    final = root / f"step_{step:08d}"
+    tmp = root / f".tmp_step_{step:08d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))  # every rank writes its part (DeepSpeed shards, RNG states)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / STATE_FILE).write_text(json.dumps({"step": step, **state}, indent=2))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator, path: str | Path) -> dict:
+    """Restore the full training state; returns the trainer state (step, epoch, ...)."""
+    accelerator.load_state(str(path))
+    return json.loads((Path(path) / STATE_FILE).read_text())

@@ -1,0 +1,64 @@
+"""Config sections both trainers share: the optimiser and the training loop."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .config import check
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-6
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio at max_steps
+    grad_clip: float | None = 1.0  # max global grad norm; null disables clipping
+
+    def validate(self, prefix: str) -> None:
+        check(self.lr > 0, f"{prefix}lr", f"must be > 0, got {self.lr}")
+        check(self.weight_decay >= 0, f"{prefix}weight_decay", f"must be >= 0, got {self.weight_decay}")
+        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"{prefix}betas",
+              f"must be two numbers in [0, 1), got {self.betas}")
+        check(self.eps > 0, f"{prefix}eps", f"must be > 0, got {self.eps}")
+        check(self.warmup_steps >= 0, f"{prefix}warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        check(0 <= self.min_lr_ratio <= 1, f"{prefix}min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        check(self.grad_clip is None or self.grad_clip > 0, f"{prefix}grad_clip",
+              f"must be > 0 or null, got {self.grad_clip}")
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/stage1"
+    batch_size: int = 128  # per process, per micro-step
+    grad_accum_steps: int = 1
+    max_steps: int = 1200  # optimiser steps
+    precision: Literal["fp32", "bf16", "fp16"] = "bf16"
+    grad_checkpointing: bool = False
+    compile: bool = False  # torch.compile the model
+    log_every: int = 10
+    eval_every: int = 300  # 0 = only at the end
+    save_every: int = 300  # 0 = only at the end
+    keep_checkpoints: int = 2
+    seed: int = 0
+    num_workers: int = 0
+    cpu_threads: int | None = None  # CPU only: torch threads per process; null = the cores / local processes
+    peak_tflops: float | None = None  # device peak for MFU; null = measure a matmul at start
+    time_limit_minutes: float | None = None  # stop early (and save) when the wall clock runs out
+
+    def validate(self, prefix: str) -> None:
+        for key in ("batch_size", "grad_accum_steps", "max_steps", "log_every"):
+            value = getattr(self, key)
+            check(value > 0, f"{prefix}{key}", f"must be > 0, got {value}")
+        for key in ("eval_every", "save_every", "keep_checkpoints", "num_workers", "seed"):
+            value = getattr(self, key)
+            check(value >= 0, f"{prefix}{key}", f"must be >= 0, got {value}")
+        check(bool(self.output_dir), f"{prefix}output_dir", "must not be empty")
+        check(self.cpu_threads is None or self.cpu_threads > 0, f"{prefix}cpu_threads",
+              f"must be > 0 or null, got {self.cpu_threads}")
+        check(self.peak_tflops is None or self.peak_tflops > 0, f"{prefix}peak_tflops",
+              f"must be > 0 or null, got {self.peak_tflops}")
+        check(self.time_limit_minutes is None or self.time_limit_minutes > 0, f"{prefix}time_limit_minutes",
+              f"must be > 0 or null, got {self.time_limit_minutes}")

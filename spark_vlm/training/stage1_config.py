@@ -1,0 +1,81 @@
+"""The stage-1 experiment config. The defaults *are* the tiny CPU run (configs/stage1_tiny.yaml spells them
+out); every key can be overridden from the command line as `section.key=value`."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..models.dual_encoder import PRESETS
+from .config import check
+from .sections import OptimConfig, TrainConfig
+
+
+@dataclass
+class ModelConfig:
+    preset: Literal["tiny", "small", "base"] = "tiny"
+    # Any of these, when set, overrides the preset's value.
+    image_size: int | None = None
+    patch_size: int | None = None
+    vision_width: int | None = None
+    vision_layers: int | None = None
+    vision_heads: int | None = None
+    text_width: int | None = None
+    text_layers: int | None = None
+    text_heads: int | None = None
+    embed_dim: int | None = None
+    max_text_len: int | None = None
+
+    def resolved(self) -> dict:
+        """The preset with the explicit overrides applied."""
+        out = dict(PRESETS[self.preset])
+        out.update({k: v for k, v in vars(self).items() if k != "preset" and v is not None})
+        return out
+
+    def validate(self, prefix: str) -> None:
+        r = self.resolved()
+        for key, value in r.items():
+            check(value > 0, f"{prefix}{key}", f"must be > 0, got {value}")
+        check(r["image_size"] % r["patch_size"] == 0, f"{prefix}patch_size",
+              f"{r['patch_size']} does not divide image_size {r['image_size']}")
+        check(r["vision_width"] % r["vision_heads"] == 0, f"{prefix}vision_heads",
+              f"{r['vision_heads']} does not divide vision_width {r['vision_width']}")
+        check(r["text_width"] % r["text_heads"] == 0, f"{prefix}text_heads",
+              f"{r['text_heads']} does not divide text_width {r['text_width']}")
+
+
+@dataclass
+class DataConfig:
+    kind: Literal["scenes"] = "scenes"  # the built-in procedural scenes (real dataset readers: see README)
+    num_train: int = 30000  # training images (5 captions each)
+    num_val: int = 500  # held-out images for the periodic retrieval eval
+    min_objects: int = 1
+    max_objects: int = 6
+    seed: int = 0
+    cache_dir: str | None = None  # null = ~/.cache/spark_vlm/scenes
+    tokenizer: str | None = None  # path to a SentencePiece .model or HF tokenizer; null = train one
+    vocab_size: int = 1000  # for the trained SentencePiece model (an upper bound on tiny corpora)
+
+    def validate(self, prefix: str) -> None:
+        check(self.num_train > 0, f"{prefix}num_train", f"must be > 0, got {self.num_train}")
+        check(self.num_val > 1, f"{prefix}num_val", f"must be > 1, got {self.num_val}")
+        check(1 <= self.min_objects <= self.max_objects <= 6, f"{prefix}max_objects",
+              f"need 1 <= min_objects <= max_objects <= 6, got {self.min_objects}, {self.max_objects}")
+        check(self.vocab_size >= 16, f"{prefix}vocab_size", f"must be >= 16, got {self.vocab_size}")
+
+
+@dataclass
+class Stage1Config:
+    loss: Literal["sparc", "clip", "filip"] = "sparc"
+    lambda_global: float = 0.5  # the paper's lambda_g
+    lambda_fine: float = 1.0  # lambda_f; the paper sweeps {0.5, 1, 5, 10}
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self, prefix: str = "") -> None:
+        check(self.lambda_global >= 0, "lambda_global", f"must be >= 0, got {self.lambda_global}")
+        check(self.lambda_fine >= 0, "lambda_fine", f"must be >= 0, got {self.lambda_fine}")
+        check(self.lambda_global + self.lambda_fine > 0, "lambda_fine", "lambda_global and lambda_fine are both 0")
+        check(self.train.batch_size > 1, "train.batch_size", "contrastive losses need a batch of at least 2")
+        check(self.data.num_val >= 2, "data.num_val", "need at least 2 held-out images")

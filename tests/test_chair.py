@@ -1,0 +1,254 @@
+"""CHAIR: singulariser, object extraction with the reference's rules, the metric on hand-worked
+fixtures, ground truth from COCO files, the `evaluate` module and eval/hallucination.py."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from spark_vlm.metrics.chair import (ChairVocabulary, compute_chair, extract_objects,
+                                     gt_objects_from_coco, singularize, tokenize)
+
+REPO = Path(__file__).resolve().parents[1]
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_EVALUATE_OFFLINE": "1"}
+os.environ.update(OFFLINE)  # before `evaluate` is imported: nothing may be downloaded
+
+COCO = ChairVocabulary.coco()
+SHAPES = ChairVocabulary.from_synonyms({
+    "circle": ["circle", "disc", "ball"], "square": ["square", "box", "block"],
+    "cross": ["cross", "plus"], "ring": ["ring", "donut", "hoop"], "diamond": ["diamond", "rhombus"],
+})
+COCO_80 = [
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
+    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
+    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard",
+    "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase",
+    "scissors", "teddy bear", "hair drier", "toothbrush",
+]
+
+
+# --- singulariser -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("plural, singular", [
+    ("dogs", "dog"), ("buses", "bus"), ("bus", "bus"), ("minibuses", "minibus"), ("glasses", "glass"),
+    ("ties", "tie"), ("puppies", "puppy"), ("doggies", "doggie"), ("knives", "knife"),
+    ("calves", "calf"), ("thieves", "thief"), ("women", "woman"), ("policemen", "policeman"),
+    ("children", "child"), ("grandchildren", "grandchild"), ("people", "person"), ("mice", "mouse"),
+    ("geese", "goose"), ("oxen", "ox"), ("sheep", "sheep"), ("skis", "ski"), ("taxis", "taxi"),
+    ("zebus", "zebu"), ("scissors", "scissors"), ("tennis", "tennis"), ("benches", "bench"),
+    ("sandwiches", "sandwich"), ("toothbrushes", "toothbrush"), ("canoes", "canoe"),
+    ("buffaloes", "buffalo"), ("stoves", "stove"), ("suitcases", "suitcase"), ("horses", "horse"),
+    ("houses", "house"), ("boxes", "box"), ("crosses", "cross"), ("pluses", "plus"),
+    ("rhombuses", "rhombus"), ("hexes", "hex"), ("omen", "omen"), ("grass", "grass"), ("this", "this"),
+])
+def test_singularize(plural, singular):
+    assert singularize(plural) == singular
+
+
+# Plurals written out for the synonyms where adding -s/-es/-ies is wrong or there is no plural.
+_PLURALS = {"man": "men", "woman": "women", "child": "children", "grandchild": "grandchildren",
+            "policeman": "policemen", "gentleman": "gentlemen", "serviceman": "servicemen",
+            "thief": "thieves", "mouse": "mice", "goose": "geese", "ox": "oxen", "knife": "knives",
+            "pocketknife": "pocketknives", "knive": "knives", "calf": "calves", "person": "people",
+            "buffalo": "buffaloes"}
+_NO_PLURAL = {"sheep", "bison", "cattle", "fowl", "waterfowl", "peafowl", "aircraft", "watercraft",
+              "luggage", "broccoli", "scissors", "skis", "people", "children", "oxen", "iPhone"}
+
+
+def _pluralize(phrase: str) -> str:
+    *head, last = phrase.split()
+    if last in _PLURALS:
+        last = _PLURALS[last]
+    elif last.endswith(("s", "x", "ch", "sh")):
+        last += "es"
+    elif last.endswith("y") and last[-2] not in "aeiou":
+        last = last[:-1] + "ies"
+    else:
+        last += "s"
+    return " ".join([*head, last])
+
+
+def test_every_coco_synonym_and_its_plural_maps_to_its_category():
+    checked = 0
+    for category, words in COCO.synonyms.items():
+        for word in words:
+            if word in _NO_PLURAL or len(word.split()) > 2:
+                continue  # "iPhone" never matches in the reference either; "stove top oven" is 3 words
+            for form in (word, _pluralize(word)):
+                found = [c for _, c in extract_objects(f"there is {form} here", COCO)]
+                assert found == [category], (form, found)
+                checked += 1
+    assert checked > 700
+
+
+def test_vocabulary_is_the_80_coco_categories():
+    assert COCO.categories == COCO_80
+    # The two leading-space entries of the reference list are stripped and so reachable.
+    assert COCO.word_to_category["motor bike"] == "motorcycle"
+    assert COCO.word_to_category["cheesecake"] == "cake"
+    assert all(w == w.strip() for w in COCO.word_to_category)
+
+
+def test_tokenize_splits_punctuation_and_clitics():
+    assert tokenize("The dog's ball, isn't it?") == ["the", "dog", "'s", "ball", ",", "is", "n't", "it", "?"]
+    assert tokenize("A T-shirt.") == ["a", "t-shirt", "."]
+
+
+# --- object extraction (reference rules) -------------------------------------------------------
+
+@pytest.mark.parametrize("caption, expected", [
+    # plurals and synonyms: dogs -> dog, kitten is a cat, sofa is a couch
+    ("Two dogs and a kitten sit on the sofa.", [("dog", "dog"), ("kitten", "cat"), ("sofa", "couch")]),
+    # two-word names: a hot dog is no dog, a teddy bear no bear
+    ("A man eats a hot dog next to a teddy bear.",
+     [("man", "person"), ("hot dog", "hot dog"), ("teddy bear", "teddy bear")]),
+    # baby/adult <animal> is the animal (no person); a passenger train is a train (no person)
+    ("A baby cat and an adult elephant near a passenger train.",
+     [("cat", "cat"), ("elephant", "elephant"), ("train", "train")]),
+    # bow tie -> tie (no "bow"); toilet seat -> toilet (no chair)
+    ("A man in a bow tie sits on the toilet seat.", [("man", "person"), ("tie", "tie"), ("toilet", "toilet")]),
+    # "seat" is dropped whenever "toilet" is in the caption
+    ("The seat of the toilet is up.", [("toilet", "toilet")]),
+    ("Traffic lights by a fire hydrant and a stop sign.",
+     [("traffic light", "traffic light"), ("fire hydrant", "fire hydrant"), ("stop sign", "stop sign")]),
+    # "dining table" is not in the reference's two-word list; "table" alone names the category
+    ("People with cell phones at a dining table.",
+     [("person", "person"), ("cell phone", "cell phone"), ("table", "dining table")]),
+    ("Wine glasses on a desk.", [("wine glass", "wine glass"), ("desk", "dining table")]),
+    ("A motor bike and a cheesecake.", [("motor bike", "motorcycle"), ("cheesecake", "cake")]),
+    ("A bus.", [("bus", "bus")]),  # pattern.en would make this "bu" and miss it
+    ("A train track in a field.", []),  # reference rule: "train track" is not a train
+    ("The dog's ball.", [("dog", "dog"), ("ball", "sports ball")]),
+    ("A sunny day at the beach.", []),
+])
+def test_extract_objects(caption, expected):
+    assert extract_objects(caption, COCO) == expected
+
+
+def test_custom_vocabulary_uses_the_same_rules():
+    assert extract_objects("Two boxes, a ball and three crosses.", SHAPES) == [
+        ("box", "square"), ("ball", "circle"), ("cross", "cross")]
+    assert extract_objects("A few pluses and rhombuses.", SHAPES) == [("plus", "cross"), ("rhombus", "diamond")]
+    assert extract_objects("a dog", SHAPES) == []
+    with pytest.raises(ValueError, match="more than two words"):
+        ChairVocabulary.from_synonyms({"cone": ["big traffic cone"]})
+
+
+# --- the metric --------------------------------------------------------------------------------
+
+def test_compute_chair_hand_worked():
+    gt = {1: {"dog", "couch"}, 2: {"cat"}, 3: {"person"}, 4: {"toilet", "person"}}
+    results = [
+        # cat, cat, sofa(couch), dog: 4 mentions, both cats hallucinated (repeats count)
+        {"image_id": 1, "caption": "A cat and a cat on a sofa with a dog."},
+        # baby cat -> cat: 1 mention, none hallucinated ("baby" would be a person otherwise)
+        {"image_id": 2, "caption": "A baby cat is sleeping."},
+        # no object at all
+        {"image_id": 3, "caption": "A sunny day."},
+        # man(person), bow tie -> tie (hallucinated), toilet seat -> toilet: 3 mentions, 1 hallucinated
+        {"image_id": 4, "caption": "A man in a bow tie next to the toilet seat."},
+    ]
+    out = compute_chair(results, gt, COCO)
+    assert out["num_captions"] == 4
+    assert out["num_hallucinated_captions"] == 2 and out["CHAIRs"] == pytest.approx(50.0)   # captions 1, 4
+    assert out["num_mentions"] == 8 and out["num_hallucinated_mentions"] == 3
+    assert out["CHAIRi"] == pytest.approx(37.5)  # 3 / 8; counting each object once would give 2 / 7
+    assert out["mean_caption_length"] == pytest.approx((11 + 5 + 3 + 11) / 4)
+    assert out["mean_objects_per_caption"] == pytest.approx(2.0)
+    first = out["per_caption"][0]
+    assert first["image_id"] == 1 and first["caption"] == results[0]["caption"]
+    assert first["mentioned"] == [["cat", "cat"], ["cat", "cat"], ["sofa", "couch"], ["dog", "dog"]]
+    assert first["hallucinated"] == [["cat", "cat"], ["cat", "cat"]]
+    assert out["per_caption"][2]["mentioned"] == [] and out["per_caption"][3]["hallucinated"] == [["tie", "tie"]]
+
+
+def test_compute_chair_custom_vocabulary():
+    # box(square) and ball(circle) are present, cross is not: 1 of 3 mentions hallucinated
+    out = compute_chair([{"image_id": 10, "caption": "Two boxes, a ball and three crosses."}],
+                        {10: {"square", "circle"}}, SHAPES)
+    assert out["CHAIRs"] == pytest.approx(100.0)
+    assert out["CHAIRi"] == pytest.approx(100 / 3)
+
+
+def test_compute_chair_errors():
+    with pytest.raises(ValueError, match="image_id 7"):
+        compute_chair([{"image_id": 7, "caption": "a dog"}], {1: {"dog"}}, COCO)
+    with pytest.raises(ValueError, match="empty"):
+        compute_chair([], {1: {"dog"}}, COCO)
+    # no mention anywhere: CHAIRi is 0 rather than a division by zero
+    assert compute_chair([{"image_id": 1, "caption": "nothing"}], {1: set()}, COCO)["CHAIRi"] == 0.0
+
+
+INSTANCES = {"images": [{"id": 1}, {"id": 2}, {"id": 3}],
+             "categories": [{"id": 18, "name": "dog"}, {"id": 62, "name": "chair"}],
+             "annotations": [{"image_id": 1, "category_id": 18}, {"image_id": 3, "category_id": 62}]}
+CAPTIONS = {"images": [{"id": 1}, {"id": 2}, {"id": 3}],
+            "annotations": [{"image_id": 1, "caption": "A puppy on a couch."},
+                            {"image_id": 2, "caption": "Two men waiting by a bus."},
+                            {"image_id": 3, "caption": "An empty room."}]}
+
+
+def test_gt_objects_from_coco_unions_instances_and_captions():
+    assert gt_objects_from_coco(INSTANCES, CAPTIONS, COCO) == {
+        1: {"dog", "couch"}, 2: {"person", "bus"}, 3: {"chair"}}
+    assert gt_objects_from_coco(None, CAPTIONS, COCO) == {1: {"dog", "couch"}, 2: {"person", "bus"}, 3: set()}
+    bad = {**INSTANCES, "categories": [{"id": 18, "name": "unicorn"}]}
+    with pytest.raises(ValueError, match="unicorn"):
+        gt_objects_from_coco(bad, CAPTIONS, COCO)
+
+
+# --- evaluate module and CLI -------------------------------------------------------------------
+
+def test_chair_evaluate_module_loads_offline_and_matches_library():
+    import evaluate
+
+    chair = evaluate.load(str(REPO / "eval" / "metrics" / "chair"))
+    preds = ["A cat and a cat on a sofa with a dog.", "A man in a bow tie next to the toilet seat."]
+    out = chair.compute(predictions=preds, references=[["dog", "sofa"], ["toilet", "man"]])
+    lib = compute_chair([{"image_id": i, "caption": p} for i, p in enumerate(preds)],
+                        {0: {"dog", "couch"}, 1: {"toilet", "person"}}, COCO)
+    for key in ("CHAIRs", "CHAIRi", "num_mentions", "mean_caption_length"):
+        assert out[key] == pytest.approx(lib[key])
+    shapes = chair.compute(predictions=["Two boxes, a ball and three crosses."], references=[["square", "circle"]],
+                           synonyms=SHAPES.synonyms)
+    assert shapes["CHAIRi"] == pytest.approx(100 / 3)
+
+
+def _run_cli(tmp_path, *extra):
+    results = [{"image_id": 1, "caption": "A dog and a cat on a couch."},
+               {"image_id": 2, "caption": "A man next to a bus."}]
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    (tmp_path / "captions.json").write_text(json.dumps(CAPTIONS))
+    (tmp_path / "instances.json").write_text(json.dumps(INSTANCES))
+    cmd = [sys.executable, str(REPO / "eval" / "hallucination.py"), "--results", str(tmp_path / "results.json"),
+           "--captions", str(tmp_path / "captions.json"), "--out", str(tmp_path / "chair.json"), *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **OFFLINE}, timeout=120)
+
+
+def test_cli_end_to_end(tmp_path):
+    proc = _run_cli(tmp_path, "--instances", str(tmp_path / "instances.json"))
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads((tmp_path / "chair.json").read_text())
+    # image 1: dog, cat (hallucinated), couch; image 2: man, bus -> 1 of 5 mentions, 1 of 2 captions
+    assert out["CHAIRs"] == pytest.approx(50.0) and out["CHAIRi"] == pytest.approx(20.0)
+    assert out["per_caption"][0]["hallucinated"] == [["cat", "cat"]]
+    assert "| CHAIRs | CHAIRi |" in proc.stdout
+
+
+def test_cli_custom_synonyms_and_bad_json(tmp_path):
+    (tmp_path / "synonyms.json").write_text(json.dumps({"dog": ["dog", "puppy"], "bus": ["bus"]}))
+    proc = _run_cli(tmp_path, "--synonyms", str(tmp_path / "synonyms.json"))
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads((tmp_path / "chair.json").read_text())
+    assert out["num_mentions"] == 2 and out["CHAIRi"] == 0.0  # only dog and bus are objects now
+
+    (tmp_path / "synonyms.json").write_text("{not json")
+    proc = _run_cli(tmp_path, "--synonyms", str(tmp_path / "synonyms.json"))
+    assert proc.returncode != 0 and "synonyms.json" in proc.stderr and "not valid JSON" in proc.stderr

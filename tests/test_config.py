@@ -1,0 +1,65 @@
+"""Config loading: YAML + overrides, and one clear error line naming the key for every kind of mistake."""
+from pathlib import Path
+
+import pytest
+
+from spark_vlm.training.config import ConfigError, load_config, to_dict
+from spark_vlm.training.stage1_config import Stage1Config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_tiny_yaml_equals_the_defaults():
+    # The no-argument run and configs/stage1_tiny.yaml must never drift apart.
+    assert to_dict(load_config(Stage1Config, REPO / "configs" / "stage1_tiny.yaml")) == to_dict(Stage1Config())
+
+
+@pytest.mark.parametrize("name", ["stage1_tiny.yaml", "stage1_small.yaml", "stage1_base.yaml"])
+def test_shipped_configs_validate(name):
+    load_config(Stage1Config, REPO / "configs" / name)
+
+
+def test_overrides_apply_with_types():
+    cfg = load_config(Stage1Config, None, ["loss=clip", "train.batch_size=64", "optim.lr=3e-4",
+                                           "model.vision_layers=2", "train.peak_tflops=null"])
+    assert cfg.loss == "clip" and cfg.train.batch_size == 64 and cfg.optim.lr == pytest.approx(3e-4)
+    assert cfg.model.resolved()["vision_layers"] == 2 and cfg.train.peak_tflops is None
+    assert isinstance(load_config(Stage1Config, None, ["optim.lr=1"]).optim.lr, float)
+
+
+@pytest.mark.parametrize("override, key", [
+    (["train.batch_sise=3"], "train.batch_sise: unknown key"),
+    (["nonsense=1"], "nonsense: unknown key"),
+    (["train.batch_size=abc"], "train.batch_size: expected an integer"),
+    (["train.batch_size=0"], "train.batch_size: must be > 0"),
+    (["loss=siglip"], "loss: must be one of"),
+    (["optim.lr=-1"], "optim.lr: must be > 0"),
+    (["train.precision=fp8"], "train.precision: must be one of"),
+    (["model.patch_size=7"], "model.patch_size: 7 does not divide image_size 64"),
+    (["data.min_objects=5", "data.max_objects=2"], "data.max_objects"),
+    (["train.grad_checkpointing=maybe"], "train.grad_checkpointing: expected true/false"),
+    (["optim.betas=[0.9]"], "optim.betas"),
+    (["batch_size"], "not of the form key=value"),
+])
+def test_bad_values_name_the_key(override, key):
+    with pytest.raises(ConfigError) as err:
+        load_config(Stage1Config, None, override)
+    assert key in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(Stage1Config, tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(Stage1Config, bad)
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("train:\n  max_steps: ten\n")
+    with pytest.raises(ConfigError, match="train.max_steps: expected an integer"):
+        load_config(Stage1Config, wrong)
+    # YAML 1.1 reads 1e-3 as a string; we read it as the number the user meant.
+    sci = tmp_path / "sci.yaml"
+    sci.write_text("optim:\n  lr: 1e-3\n")
+    assert load_config(Stage1Config, sci).optim.lr == pytest.approx(1e-3)

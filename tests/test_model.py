@@ -1,0 +1,118 @@
+"""The SPARK dual encoder: shapes, the spec's pooling rules, save/load round trip, AutoModel."""
+import math
+
+import pytest
+import torch
+from transformers import AutoModel
+
+from spark_vlm.models import SparkConfig, SparkModel
+
+TINY = dict(image_size=32, patch_size=8, vision_width=32, vision_layers=2, vision_heads=2, vocab_size=50,
+            max_text_len=12, text_width=32, text_layers=2, text_heads=2, embed_dim=16)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return SparkModel(SparkConfig(**TINY)).eval()
+
+
+def batch(b=3, length=10):
+    g = torch.Generator().manual_seed(1)
+    px = torch.randn(b, 3, 32, 32, generator=g)
+    ids = torch.randint(1, 50, (b, length), generator=g)
+    mask = torch.zeros(b, length, dtype=torch.bool)
+    for i, n in enumerate([10, 4, 1][:b]):
+        mask[i, :n] = True
+    return px, ids.masked_fill(~mask, 0), mask
+
+
+def test_shapes_and_patch_tokens_without_cls(model):
+    px, ids, mask = batch()
+    out = model(px, ids, mask)
+    assert out.patch_embeds.shape == (3, 16, 16)  # (32/8)^2 patches, no extra CLS token
+    assert out.token_embeds.shape == (3, 10, 16) and out.token_mask.dtype == torch.bool
+    assert out.image_embeds.shape == out.text_embeds.shape == (3, 16)
+    assert out.logit_scale.item() == pytest.approx(1 / 0.07, rel=1e-5)
+
+
+def test_global_embeddings_follow_the_spec(model):
+    px, ids, mask = batch()
+    with torch.no_grad():
+        out = model(px, ids, mask)
+        feats = model.vision_model(px)
+        expect_img = model.vision_proj(model.vision_head(feats.mean(1)))  # g_v(h_v(mean_p f_v))
+        tfeats = model.text_model(ids, mask)
+        expect_txt = torch.stack([model.text_proj(tfeats[i, mask[i]].mean(0)) for i in range(3)])
+    torch.testing.assert_close(out.image_embeds, expect_img)
+    torch.testing.assert_close(out.text_embeds, expect_txt)
+    torch.testing.assert_close(out.patch_embeds, model.vision_proj(feats))  # no h_v on the local path
+    torch.testing.assert_close(model.encode_image(px), torch.nn.functional.normalize(expect_img, dim=-1))
+
+
+def test_padding_does_not_change_text_embeddings(model):
+    px, ids, mask = batch()
+    other = ids.clone()
+    other[~mask] = 7  # garbage in the padded positions
+    with torch.no_grad():
+        a, b = model.encode_text(ids, mask), model.encode_text(other, mask)
+        ta, _ = model.token_embeddings(ids, mask)
+        tb, _ = model.token_embeddings(other, mask)
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(ta[mask], tb[mask])
+    # default mask = ids != pad
+    torch.testing.assert_close(model.encode_text(ids), a)
+
+
+def test_logit_scale_is_clamped():
+    m = SparkModel(SparkConfig(**TINY))
+    with torch.no_grad():
+        m.log_logit_scale.fill_(math.log(1000.0))
+    assert m.logit_scale.item() == pytest.approx(100.0)
+
+
+def test_save_load_round_trip_is_exact(model, tmp_path):
+    px, ids, mask = batch()
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    loaded = SparkModel.from_pretrained(tmp_path).eval()
+    auto = AutoModel.from_pretrained(tmp_path).eval()
+    assert type(auto) is SparkModel
+    with torch.no_grad():
+        for m in (loaded, auto):
+            assert torch.equal(m.encode_image(px), model.encode_image(px))
+            assert torch.equal(m.encode_text(ids, mask), model.encode_text(ids, mask))
+            assert torch.equal(m.logit_scale, model.logit_scale)
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    a = SparkModel(SparkConfig(**TINY))
+    b = SparkModel(SparkConfig(**TINY))
+    b.load_state_dict(a.state_dict())
+    b.activation_checkpointing_enable()
+    a.train(), b.train()
+    px, ids, mask = batch()
+    for m in (a, b):
+        out = m(px, ids, mask)
+        (out.image_embeds.sum() + out.token_embeds[mask].pow(2).sum()).backward()
+    for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
+        torch.testing.assert_close(pa.grad, pb.grad, msg=name)
+
+
+def test_bf16_autocast_forward_is_close(model):
+    px, ids, mask = batch()
+    with torch.no_grad():
+        ref = model.encode_image(px)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model.encode_image(px)
+    assert low.dtype == torch.bfloat16
+    assert torch.nn.functional.cosine_similarity(ref, low.float()).min() > 0.99
+
+
+def test_bad_inputs_are_named():
+    with pytest.raises(ValueError, match="not divisible"):
+        SparkModel(SparkConfig(**{**TINY, "patch_size": 7}))
+    m = SparkModel(SparkConfig(**TINY))
+    with pytest.raises(ValueError, match="exceeds max_text_len"):
+        m.encode_text(torch.ones(1, 13, dtype=torch.long))
