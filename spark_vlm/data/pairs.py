@@ -10,7 +10,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .tokenizer import CaptionTokenizer
 
 # Images are scaled to [-1, 1]: the encoders are trained from scratch, so no dataset statistics are needed.
 PIXEL_MEAN = 0.5
@@ -27,7 +26,7 @@ class CaptionedImages(torch.utils.data.Dataset):
     """In-memory image-caption pairs. `images` uint8 [N, H, W, 3]; `captions` N lists of >= 1 strings."""
 
     def __init__(self, images: np.ndarray, captions: list[list[str]], image_ids: list[int],
-                 tokenizer: CaptionTokenizer, max_len: int, seed: int = 0):
+                 tokenizer, max_len: int, seed: int = 0):
         if len(images) != len(captions) or len(images) != len(image_ids):
             raise ValueError(f"{len(images)} images but {len(captions)} caption lists / {len(image_ids)} ids")
         self.images = torch.from_numpy(np.ascontiguousarray(images))
@@ -40,8 +39,10 @@ class CaptionedImages(torch.utils.data.Dataset):
         self.offsets = np.cumsum([0] + [len(c) for c in captions])
         if any(len(c) == 0 for c in captions):
             raise ValueError("every image needs at least one caption")
-        enc = tokenizer(flat, max_len)
-        self.input_ids, self.attention_mask = enc["input_ids"], enc["attention_mask"]
+        # Any callable `tokenizer(texts, max_len) -> {name: tensor [num_texts, ...]}` works: stage 1 gets ids and
+        # a mask, stage 2's prompt builder adds `labels`.
+        self.text = tokenizer(flat, max_len)
+        self.input_ids, self.attention_mask = self.text["input_ids"], self.text["attention_mask"]
         self.caption_image = np.repeat(np.arange(len(captions)), [len(c) for c in captions])
 
     def __len__(self) -> int:
@@ -57,7 +58,7 @@ class CaptionedImages(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         j = self.caption_index(i)
-        return {"images": self.images[i], "input_ids": self.input_ids[j], "attention_mask": self.attention_mask[j]}
+        return {"images": self.images[i], **{name: values[j] for name, values in self.text.items()}}
 
 
 def scenes_to_arrays(dataset, desc: str = "scenes") -> tuple[np.ndarray, list[list[str]], list[int]]:

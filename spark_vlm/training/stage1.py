@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from ..data.pairs import CaptionedImages, scenes_to_arrays, to_pixel_values
-from ..data.scenes import SceneConfig, SceneDataset
+from ..data.builtin import scene_arrays
+from ..data.pairs import CaptionedImages, to_pixel_values
 from ..data.tokenizer import DEFAULT_CACHE, CaptionTokenizer, train_sentencepiece
 from ..losses import clip_loss, filip_loss, spark_loss
 from ..models import SparkConfig, SparkModel
@@ -42,20 +42,15 @@ def stage1_loss(cfg: Stage1Config, model, batch: dict) -> dict[str, torch.Tensor
 
 def build_data(cfg: Stage1Config, accelerator, max_len: int, image_size: int):
     """Built-in scenes -> tokenizer -> train/val CaptionedImages. Rank 0 fills the caches first."""
-    scene_cfg = SceneConfig(image_size=image_size, min_objects=cfg.data.min_objects,
-                            max_objects=cfg.data.max_objects, seed=cfg.data.seed)
-    cache = cfg.data.cache_dir or str(DEFAULT_CACHE / "scenes")
+    d = cfg.data
     with accelerator.main_process_first():
-        train_scenes = SceneDataset("train", cfg.data.num_train, scene_cfg, cache_dir=cache)
-        val_scenes = SceneDataset("val", cfg.data.num_val, scene_cfg, cache_dir=cache)
-        train_arrays = scenes_to_arrays(train_scenes, "loading train scenes")
-        val_arrays = scenes_to_arrays(val_scenes, "loading val scenes")
-        if cfg.data.tokenizer:
-            tokenizer = CaptionTokenizer.load(cfg.data.tokenizer)
+        train_arrays = scene_arrays("train", d.num_train, image_size, d.min_objects, d.max_objects, d.seed, d.cache_dir)
+        val_arrays = scene_arrays("val", d.num_val, image_size, d.min_objects, d.max_objects, d.seed, d.cache_dir)
+        if d.tokenizer:
+            tokenizer = CaptionTokenizer.load(d.tokenizer)
         else:
             corpus = [c for caps in train_arrays[1] for c in caps]
-            tokenizer = train_sentencepiece(corpus, vocab_size=cfg.data.vocab_size,
-                                            cache_dir=Path(DEFAULT_CACHE) / "tokenizers")
+            tokenizer = train_sentencepiece(corpus, vocab_size=d.vocab_size, cache_dir=DEFAULT_CACHE / "tokenizers")
     train = CaptionedImages(*train_arrays, tokenizer=tokenizer, max_len=max_len, seed=cfg.train.seed)
     val = CaptionedImages(*val_arrays, tokenizer=tokenizer, max_len=max_len, seed=cfg.train.seed)
     return train, val, tokenizer

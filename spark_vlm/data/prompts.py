@@ -1,0 +1,54 @@
+"""Stage-2 text: the Flamingo prompt format `<image>{caption}<|endofchunk|>` in the LM's own tokenizer.
+
+Training sequences are right-padded and carry `labels` that score only the caption tokens and the closing
+`<|endofchunk|>` (-100 on `<image>` and on padding). Generation prompts are left-padded `<image>` prompts.
+"""
+from __future__ import annotations
+
+import torch
+
+IMAGE_TOKEN = "<image>"
+END_OF_CHUNK = "<|endofchunk|>"
+
+
+class FlamingoPrompts:
+    """Callable `(captions, max_len) -> {input_ids, attention_mask, labels}` for `CaptionedImages`."""
+
+    def __init__(self, tokenizer, image_token: str = IMAGE_TOKEN, end_token: str = END_OF_CHUNK):
+        self.tokenizer = tokenizer
+        self.image_id = tokenizer.convert_tokens_to_ids(image_token)
+        self.end_id = tokenizer.convert_tokens_to_ids(end_token)
+        if self.image_id is None or self.end_id is None or self.image_id == tokenizer.unk_token_id:
+            raise ValueError(f"the tokenizer lacks {image_token!r}/{end_token!r}; build the model first "
+                             "(it adds both tokens)")
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def caption_ids(self, caption: str) -> list[int]:
+        return self.tokenizer(" " + caption.strip(), add_special_tokens=False)["input_ids"]
+
+    def __call__(self, captions: list[str], max_len: int) -> dict[str, torch.Tensor]:
+        ids = torch.full((len(captions), max_len), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(captions), max_len), -100, dtype=torch.long)
+        mask = torch.zeros((len(captions), max_len), dtype=torch.long)
+        for i, caption in enumerate(captions):
+            body = self.caption_ids(caption)[: max_len - 2]  # keep room for <image> and <|endofchunk|>
+            row = [self.image_id] + body + [self.end_id]
+            ids[i, : len(row)] = torch.tensor(row)
+            labels[i, 1: len(row)] = torch.tensor(row[1:])  # the caption and its end; never <image>
+            mask[i, : len(row)] = 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    def generation_prompts(self, batch_size: int, prefix: str = "") -> dict[str, torch.Tensor]:
+        """`<image>{prefix}` for every image of a batch (all the same length, so no padding is needed)."""
+        row = [self.image_id] + (self.caption_ids(prefix) if prefix else [])
+        ids = torch.tensor([row] * batch_size, dtype=torch.long)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+    def decode(self, ids) -> str:
+        """Generated ids -> caption text, cut at <|endofchunk|> / EOS / padding."""
+        out = []
+        for t in ids.tolist() if torch.is_tensor(ids) else ids:
+            if t in (self.end_id, self.tokenizer.eos_token_id, self.pad_id):
+                break
+            out.append(t)
+        return self.tokenizer.decode(out, skip_special_tokens=True).strip()
