@@ -75,10 +75,10 @@ def make_vision(seed: int = 0) -> SparkModel:
 
 
 def make_model(family: str = "gpt2", vision_seed: int = 0, lm_seed: int = 0, head_seed: int = 1,
-               **overrides) -> SparkFlamingo:
+               lm_dtype: torch.dtype = torch.float32, **overrides) -> SparkFlamingo:
     cfg = FlamingoConfig(**{**dict(vision_width=32, num_latents=4, resampler_depth=1, resampler_heads=2,
                                    resampler_dim_head=8, xattn_heads=2, xattn_dim_head=8, ff_mult=2), **overrides})
-    vision, lm = make_vision(vision_seed), make_lm(family, lm_seed)
+    vision, lm = make_vision(vision_seed), make_lm(family, lm_seed).to(lm_dtype)
     torch.manual_seed(head_seed)
     return SparkFlamingo(cfg, vision, lm, make_tokenizer())
 
@@ -163,7 +163,10 @@ def test_tokens_attend_only_to_their_latest_image():
     assert torch.equal(logits[0, :2], logits_changed[0, :2])
     assert not torch.allclose(logits[0, 2:], logits_changed[0, 2:])
 
-    # 3) More <image> tokens than images is an error, not a silent softmax over nothing.
+    # 3) One image per sample may also be given as [B, 3, H, W].
+    with torch.no_grad():
+        assert torch.equal(model(pv[:, 0], ids[:, :5]).logits, model(pv[:, :1], ids[:, :5]).logits)
+    # 4) More <image> tokens than images is an error, not a silent softmax over nothing.
     with pytest.raises(ValueError, match="images were given"):
         model(pv[:, :1], ids)
 
@@ -241,6 +244,26 @@ def test_lora_is_trainable_and_keeps_the_frozen_lm_exact():
     assert not model.lm.training
 
 
+def test_bfloat16_lm():
+    """Trainable parts follow the LM's dtype; the vision tower may stay in float32."""
+    model = make_model("llama", lm_dtype=torch.bfloat16)
+    assert model.perceiver.latents.dtype == torch.bfloat16 and model.new_token_embed.weight.dtype == torch.bfloat16
+    ids = torch.cat([torch.full((2, 1), model.image_token_id), text_ids(2, 6)], dim=1)
+    pv = images(2, 1)
+    with torch.no_grad():
+        ref = make_lm("llama").to(torch.bfloat16)(inputs_embeds=model.embed_tokens(ids)).logits
+        assert torch.equal(model(pv, ids).logits[..., :VOCAB], ref)
+    set_gates(model, 0.5)
+    model.train()
+    out = model(pv, ids, labels=ids)
+    out.loss.backward()
+    assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.loss)
+    assert all(p.grad is not None for p in model.trainable_parameters())
+    model.eval()
+    assert model.generate(pv, ids, torch.ones_like(ids), max_new_tokens=3, num_beams=2).shape[0] == 2
+    assert len(hash_state_dict(model.lm)) == 64
+
+
 # ---------------------------------------------------------------------------------------------- generation
 def reference_greedy(model, pv, ids, mask, steps, stop, pad):
     """Uncached step-by-step greedy decoding through forward() (whole sequence re-run every step)."""
@@ -297,7 +320,7 @@ def test_visual_features_and_kv_are_computed_once_per_call():
 
 
 def test_beam_search():
-    model = make_model("gpt2").eval()
+    model = make_model("opt").eval()
     set_gates(model, 0.8)
     ids, mask = left_pad([[model.image_token_id, 5, 6, 7], [model.image_token_id, 8]])
     pv = images(2, 1)
@@ -306,6 +329,7 @@ def test_beam_search():
                                     cache_visual=False)
     assert beams.shape[0] == 2 and 1 <= beams.shape[1] <= 7
     assert torch.equal(beams, beams_uncached)  # KV-cache reordering is right
+    assert not torch.equal(beams, model.generate(pv, ids, mask, max_new_tokens=7)[:, : beams.shape[1]])
 
 
 def test_beam_search_with_one_beam_runs_the_beam_code():

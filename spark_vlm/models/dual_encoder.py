@@ -114,7 +114,8 @@ class SparkModel(PreTrainedModel):
         self.vision_head = nn.Sequential(nn.Linear(c.vision_width, c.vision_width), nn.GELU())
         self.vision_proj = nn.Linear(c.vision_width, c.embed_dim)  # g_v
         self.text_proj = nn.Linear(c.text_width, c.embed_dim)  # g_t
-        self.log_logit_scale = nn.Parameter(torch.tensor(math.log(c.init_logit_scale)))
+        # Shape [1], not 0-dim: DeepSpeed broadcasts parameters viewed as bytes, which a 0-dim bf16 tensor refuses.
+        self.log_logit_scale = nn.Parameter(torch.full((1,), math.log(c.init_logit_scale)))
         self.post_init()
 
     def _init_weights(self, module):
@@ -136,7 +137,7 @@ class SparkModel(PreTrainedModel):
     # ------------------------------------------------------------------ pieces
     @property
     def logit_scale(self) -> torch.Tensor:
-        return self.log_logit_scale.exp().clamp(max=self.config.max_logit_scale)
+        return self.log_logit_scale.exp().clamp(max=self.config.max_logit_scale).squeeze(0)  # 0-dim
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """f_v(x): raw patch features [B, P, vision_width]."""

@@ -115,7 +115,11 @@ def add_flamingo_tokens(tokenizer, tokens: tuple[str, str], lm_vocab_size: int) 
 
 
 class SparkFlamingo(nn.Module):
-    """Frozen `SparkModel` vision tower + frozen causal LM + trainable Flamingo parts. See the module docstring."""
+    """Frozen `SparkModel` vision tower + frozen causal LM + trainable Flamingo parts. See the module docstring.
+
+    The `lm` passed in is modified in place (frozen, its decoder layers wrapped, LoRA injected if enabled) and the
+    `tokenizer` gains the two new tokens; build the model before `deepspeed.initialize` / outside `zero.Init`.
+    """
 
     def __init__(self, config: FlamingoConfig, vision: SparkModel, lm: PreTrainedModel, tokenizer,
                  vision_source: str = "<in-memory>", lm_source: str = "<in-memory>"):

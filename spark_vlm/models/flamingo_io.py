@@ -45,7 +45,15 @@ def hash_state_dict(module: nn.Module | Mapping[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+def ensure_not_partitioned(model: nn.Module, action: str) -> None:
+    """ZeRO-3 leaves empty placeholders in the module; hashing or saving them would be silently wrong."""
+    if any(hasattr(p, "ds_id") and p.numel() == 0 for p in model.parameters()):
+        raise RuntimeError(f"cannot {action} a ZeRO-3 partitioned model: wrap the call in "
+                           f"`deepspeed.zero.GatheredParameters(list(model.parameters()))`")
+
+
 def build_manifest(model: "SparkFlamingo", **extra) -> dict:
+    ensure_not_partitioned(model, "hash")
     hashes = model.frozen_hashes()
     return {
         "format": FORMAT,
@@ -99,6 +107,7 @@ def load_trainable(model: "SparkFlamingo", ckpt_dir: str, expected_manifest: dic
     The model's own frozen hashes are always checked against the saved manifest. `expected_manifest` (optional)
     adds checks: each of its frozen-part hashes and each of its other top-level entries must equal the saved one.
     """
+    ensure_not_partitioned(model, "load trainable weights into")
     saved = read_manifest(ckpt_dir)
     if saved.get("format") != FORMAT:
         raise ValueError(f"{ckpt_dir}: unknown checkpoint format {saved.get('format')!r}, expected {FORMAT!r}")

@@ -99,13 +99,14 @@ class GatedCrossAttentionBlock(nn.Module):
     def __init__(self, dim: int, dim_visual: int, heads: int, dim_head: int, ff_mult: float):
         super().__init__()
         self.attn = MaskedCrossAttention(dim, dim_visual, heads, dim_head)
-        self.attn_gate = nn.Parameter(torch.zeros(()))
+        # Shape [1], not 0-dim: DeepSpeed broadcasts parameters viewed as bytes, which a 0-dim tensor refuses.
+        self.attn_gate = nn.Parameter(torch.zeros(1))
         self.ff = feed_forward(dim, ff_mult)
-        self.ff_gate = nn.Parameter(torch.zeros(()))
+        self.ff_gate = nn.Parameter(torch.zeros(1))
 
     def forward(self, x: torch.Tensor, media: MediaContext,
                 kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        # 0-dim gates cast to x's dtype keep the hidden states' dtype; tanh(0) * finite = 0, so x is unchanged.
+        # Gates cast to x's dtype keep the hidden states' dtype; tanh(0) * finite = 0, so x is unchanged.
         x = x + self.attn_gate.tanh().to(x.dtype) * self.attn(x, media, kv)
         return x + self.ff_gate.tanh().to(x.dtype) * self.ff(x)
 

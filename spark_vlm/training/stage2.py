@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -63,7 +64,28 @@ def build_model(cfg: Stage2Config, lm_path: str) -> SparkFlamingo:
         cross_attn_every_n_layers=m.cross_attn_every_n_layers, xattn_heads=m.xattn_heads,
         xattn_dim_head=m.xattn_dim_head, ff_mult=m.ff_mult, lora=m.lora, lora_r=m.lora_r, lora_alpha=m.lora_alpha,
         lora_dropout=m.lora_dropout)
-    return SparkFlamingo.from_pretrained_parts(config, str(vision_dir), lm_path)
+    model = SparkFlamingo.from_pretrained_parts(config, str(vision_dir), lm_path)
+    # DeepSpeed's "auto" bucket sizes are derived from model.config.hidden_size: the LM's width here.
+    model.config.hidden_size = model.lm.config.get_text_config().hidden_size
+    return model
+
+
+@contextmanager
+def full_weights_on_load(accelerator):
+    """Load the frozen parts whole even under ZeRO-3. Accelerate registers its DeepSpeed config with transformers,
+    which then partitions weights already in `from_pretrained` (zero.Init); but the manifest hashes and the
+    new-token initialisation need the whole weights. ZeRO-3 still partitions them at `accelerator.prepare`."""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None:
+        yield
+        return
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        plugin.set_deepspeed_weakref()
 
 
 def model_dtype(model) -> torch.dtype:
@@ -158,11 +180,13 @@ def train_stage2(cfg: Stage2Config, resume: str | None = None) -> dict:
         train_arrays = scene_arrays("train", d.num_train, image_size, d.min_objects, d.max_objects, d.seed, d.cache_dir)
         val_arrays = scene_arrays("val", d.num_val, image_size, d.min_objects, d.max_objects, d.seed, d.cache_dir)
         lm_path = resolve_lm(cfg, train_arrays[1], val_arrays[1])
-    model = build_model(cfg, lm_path)
-    manifest = model.build_manifest(stage2_config=cfg.__class__.__name__)
-    prompts = FlamingoPrompts(model.tokenizer)
-    train_data = CaptionedImages(*train_arrays, tokenizer=prompts, max_len=d.max_text_len, seed=cfg.train.seed)
-    val_data = CaptionedImages(*val_arrays, tokenizer=prompts, max_len=d.max_text_len, seed=cfg.train.seed)
+    with full_weights_on_load(accelerator):
+        model = build_model(cfg, lm_path)
+        manifest = model.build_manifest(stage2_config=cfg.__class__.__name__)
+        prompts = FlamingoPrompts(model.tokenizer)
+        train_data = CaptionedImages(*train_arrays, tokenizer=prompts, max_len=d.max_text_len, seed=cfg.train.seed)
+        val_data = CaptionedImages(*val_arrays, tokenizer=prompts, max_len=d.max_text_len, seed=cfg.train.seed)
+        baseline = text_only_caption_loss(lm_path, val_data, prompts)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
@@ -176,8 +200,6 @@ def train_stage2(cfg: Stage2Config, resume: str | None = None) -> dict:
                       f"vision {cfg.vision_checkpoint}; {len(train_data)} train / {len(val_data)} val images; "
                       f"precision {accelerator.mixed_precision}; {accelerator.num_processes} process(es)"
                       f"{'; DeepSpeed' if accelerator.state.deepspeed_plugin else ''}")
-    baseline = text_only_caption_loss(lm_path, val_data, prompts)
-
     optimizer = build_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.betas, cfg.optim.eps)
     scheduler = cosine_schedule(optimizer, cfg.optim.warmup_steps, cfg.train.max_steps, cfg.optim.min_lr_ratio)
     loader = torch.utils.data.DataLoader(train_data, batch_size=cfg.train.batch_size, shuffle=True, drop_last=True,

@@ -1,0 +1,120 @@
+"""Stage 2 end to end on tiny configs: prompt labels, the stand-in LM, a plain run, the missing-stage-1
+error, DeepSpeed ZeRO-2/ZeRO-3 launches through accelerate, and captioning from the run directory."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from spark_vlm.data.prompts import FlamingoPrompts
+from spark_vlm.models import SparkConfig, SparkModel
+from spark_vlm.training.standin_lm import pretrain_standin_lm, train_bpe_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = str(REPO / "stage2_vlm" / "train.py")
+CAPTIONS = ["two red circles", "a blue square left of a green star", "one yellow ring", "three small crosses",
+            "a large purple hexagon above a white diamond", "a picture of a black circle"] * 30
+
+
+@pytest.fixture(scope="module")
+def stage1_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("stage1")
+    torch.manual_seed(0)
+    SparkModel(SparkConfig(image_size=32, patch_size=8, vision_width=32, vision_layers=1, vision_heads=2,
+                           vocab_size=50, max_text_len=8, text_width=32, text_layers=1, text_heads=2,
+                           embed_dim=16)).save_pretrained(path)
+    return path
+
+
+TINY = ["data.num_train=64", "data.num_val=16", "data.max_text_len=40", "lm.standin_width=32",
+        "lm.standin_layers=2", "lm.standin_heads=2", "lm.standin_steps=10", "lm.standin_vocab_size=300",
+        "model.num_latents=4", "model.resampler_depth=1", "model.resampler_heads=2", "model.resampler_dim_head=8",
+        "model.xattn_heads=2", "model.xattn_dim_head=8", "train.batch_size=8", "train.log_every=1",
+        "optim.warmup_steps=2"]
+
+
+def run(args, tmp_path, launcher=None):
+    env = {**os.environ, "SPARK_VLM_CACHE": str(tmp_path.parent / "cache"), "OMP_NUM_THREADS": "1"}
+    cmd = (launcher or [sys.executable]) + [SCRIPT] + args
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+
+
+def test_prompt_labels_score_only_the_caption_and_its_end():
+    tok = train_bpe_tokenizer(CAPTIONS, 200)
+    tok.add_special_tokens({"extra_special_tokens": ["<image>", "<|endofchunk|>"]})
+    prompts = FlamingoPrompts(tok)
+    enc = prompts(["two red circles", "one yellow ring"], max_len=40)
+    ids, mask, labels = enc["input_ids"], enc["attention_mask"], enc["labels"]
+    body = prompts.caption_ids("two red circles")
+    n = len(body) + 2
+    assert ids[0, :n].tolist() == [prompts.image_id, *body, prompts.end_id]
+    assert labels[0, 0] == -100 and labels[0, 1:n].tolist() == [*body, prompts.end_id]
+    assert (labels[0, n:] == -100).all() and mask[0, :n].all() and not mask[0, n:].any()
+    assert tok.decode(body).strip() == "two red circles"  # the caption keeps the LM's word boundaries
+    assert prompts.decode(torch.tensor([*body, prompts.end_id, *body])) == "two red circles"
+
+
+def test_standin_lm_is_cached_and_loadable(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kw = dict(cache_dir=tmp_path, width=32, layers=1, heads=2, steps=5, vocab_size=200)
+    path = pretrain_standin_lm(CAPTIONS, CAPTIONS[:6], **kw)
+    assert pretrain_standin_lm(CAPTIONS, CAPTIONS[:6], **kw) == path  # second call: from the cache
+    assert json.loads((path / "standin_lm.json").read_text())["val_caption_loss"] > 0
+    lm = AutoModelForCausalLM.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(path)
+    assert lm.config.vocab_size == len(tok) and tok.pad_token is not None
+    llama = pretrain_standin_lm(CAPTIONS, CAPTIONS[:6], **{**kw, "steps": 3}, arch="llama")
+    assert AutoModelForCausalLM.from_pretrained(llama).config.model_type == "llama"
+
+
+def test_missing_stage1_is_a_clear_error(tmp_path):
+    proc = run(TINY + [f"vision_checkpoint={tmp_path / 'nope'}", f"train.output_dir={tmp_path / 'out'}"], tmp_path)
+    assert proc.returncode == 2
+    assert "run stage 1 first: accelerate launch stage1_pretrain/train.py" in proc.stderr
+
+
+def check_run_dir(out: Path, steps: int):
+    records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r.get("kind") is None] == list(range(1, steps + 1))
+    evals = [r for r in records if r.get("kind") == "eval"]
+    assert evals and {"val_loss", "val_caption_loss", "val_caption_loss_text_only"} <= set(evals[-1])
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(manifest["vision"]["sha256"]) == 64 and len(manifest["lm"]["sha256"]) == 64
+    from safetensors.torch import load_file
+
+    keys = load_file(out / "trainable.safetensors").keys()
+    assert keys and all(k.startswith(("perceiver.", "new_token_", "lm.")) for k in keys)
+    assert not any(k.startswith("vision.") for k in keys)  # only the trainable parts are saved
+
+
+def test_plain_run_then_caption_from_the_run_dir(tmp_path, stage1_dir):
+    out = tmp_path / "run"
+    proc = run(TINY + [f"vision_checkpoint={stage1_dir}", f"train.output_dir={out}", "train.max_steps=4",
+                       "train.eval_every=2", "train.save_every=2"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "for the frozen text-only LM" in proc.stdout
+    check_run_dir(out, 4)
+
+    from spark_vlm.captioner import caption_images, load_captioner
+    from spark_vlm.data.builtin import scene_arrays
+
+    model, prompts = load_captioner(out)
+    images, _, _ = scene_arrays("test", 3, 32, cache_dir=str(tmp_path / "scenes"))
+    captions = caption_images(model, prompts, images, batch_size=2, max_new_tokens=5, progress=False)
+    assert len(captions) == 3 and all(isinstance(c, str) for c in captions)
+
+
+@pytest.mark.parametrize("zero", [2, 3])
+def test_deepspeed_zero_runs_on_cpu(tmp_path, stage1_dir, zero):
+    out = tmp_path / f"zero{zero}"
+    accelerate = str(Path(sys.executable).with_name("accelerate"))
+    proc = run(TINY + [f"vision_checkpoint={stage1_dir}", f"train.output_dir={out}", "train.max_steps=3",
+                       "train.eval_every=0", "train.save_every=3"], tmp_path,
+               launcher=[accelerate, "launch", "--config_file", f"configs/accelerate/deepspeed_zero{zero}.yaml"])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "DeepSpeed" in proc.stdout
+    check_run_dir(out, 3)
