@@ -1,5 +1,5 @@
 # Two commands for a fresh machine (see README):
-#   make demo   install, then train stage 1 on the built-in scenes (the main job)
+#   make demo   install, then run the main job on the built-in scenes (stage 1 -> stage 2 -> scores)
 #   make test   install, then run the test suite
 #
 # The install pins the CPU build of torch that lies on this project's machines; on a GPU machine use
@@ -24,9 +24,23 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# The main job: the whole chain on the built-in data (stage 1 -> stage 2 -> captions for the held-out test
+# split -> caption metrics, CHAIR and POPE). Every step writes under runs/.
+LAUNCH := $(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no
+SCENES := runs/scenes_test
 demo: install
-	$(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
-	  stage1_pretrain/train.py
+	$(LAUNCH) stage1_pretrain/train.py
+	$(LAUNCH) stage2_vlm/train.py
+	$(BIN)/python -m spark_vlm.data.coco_export --out $(SCENES) --split test --num-images 500
+	$(BIN)/python eval/caption.py --checkpoint runs/stage2 --image-dir $(SCENES)/test \
+	  --annotations $(SCENES)/annotations/captions_test.json --out runs/eval/captions_test.json
+	$(BIN)/python eval/captioning.py --results runs/eval/captions_test.json --split test \
+	  --annotations $(SCENES)/annotations/captions_test.json --out runs/eval/caption_scores.json
+	$(BIN)/python eval/hallucination.py --results runs/eval/captions_test.json \
+	  --captions $(SCENES)/annotations/captions_test.json --instances $(SCENES)/annotations/instances_test.json \
+	  --synonyms $(SCENES)/annotations/synonyms.json --out runs/eval/chair.json
+	$(BIN)/python eval/pope.py --checkpoint runs/stage2 --instances $(SCENES)/annotations/instances_test.json \
+	  --image-dir $(SCENES)/test --num-images 100 --out runs/eval/pope.json
 
 test: install
 	$(BIN)/python -m pytest tests

@@ -59,6 +59,7 @@ def main() -> None:
     captions = caption_images(model, prompts, images, batch_size=args.batch_size,
                               max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
     results = [{"image_id": out_ids[i], "caption": c} for i, c in zip(ids, captions)]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1))
     print(f"captioned {len(results)} images -> {args.out}" + (f"; {counter.summary()}" if counter.total else ""))
     for r in results[:3]:

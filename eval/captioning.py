@@ -10,6 +10,7 @@ Scores are x100. The logic lives in spark_vlm.metrics.caption_metrics.
 
 import argparse
 import json
+import os
 import sys
 
 from spark_vlm.metrics.caption_metrics import format_table, references_from_coco, score_captions
@@ -42,6 +43,7 @@ def main() -> None:
         sys.exit(f"error: {e}")
     output = {"split": args.split, "num_images": scores["num_images"],
               "overall": scores["overall"], "per_image": scores["per_image"]}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:
         json.dump(output, f, indent=2)
     title = f"{args.split or 'captions'}: {scores['num_images']} images"

@@ -11,6 +11,7 @@ scenes' annotations/synonyms.json). The logic lives in spark_vlm.metrics.chair.
 
 import argparse
 import json
+import os
 import sys
 
 from spark_vlm.metrics.chair import ChairVocabulary, compute_chair, format_table, gt_objects_from_coco
@@ -52,6 +53,7 @@ def main() -> None:
     except ValueError as e:
         sys.exit(f"error: {e}")
     scores["vocabulary"] = args.synonyms or "coco"
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:
         json.dump(scores, f, indent=2)
     print(format_table(scores))

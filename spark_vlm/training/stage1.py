@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.builtin import scene_arrays
+from ..data.stage1_data import StreamingPairs, stage1_arrays, tokenizer_corpus
 from ..data.pairs import CaptionedImages, to_pixel_values
 from ..data.tokenizer import DEFAULT_CACHE, CaptionTokenizer, train_sentencepiece
 from ..losses import clip_loss, filip_loss, spark_loss
@@ -30,6 +30,8 @@ from .throughput import Throughput, measure_peak_flops, transformer_train_flops
 
 def stage1_loss(cfg: Stage1Config, model, batch: dict) -> dict[str, torch.Tensor]:
     """One micro-batch through the model and the configured objective."""
+    device = next(model.parameters()).device
+    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}  # no-op for prepared loaders
     px = to_pixel_values(batch["images"])
     out = model(px, batch["input_ids"], batch["attention_mask"])
     if cfg.loss == "clip":
@@ -41,17 +43,23 @@ def stage1_loss(cfg: Stage1Config, model, batch: dict) -> dict[str, torch.Tensor
 
 
 def build_data(cfg: Stage1Config, accelerator, max_len: int, image_size: int):
-    """Built-in scenes -> tokenizer -> train/val CaptionedImages. Rank 0 fills the caches first."""
+    """data.kind -> tokenizer -> (train dataset, held-out CaptionedImages, tokenizer). Rank 0 fills caches first.
+
+    In-memory kinds give a map-style CaptionedImages; webdataset gives a StreamingPairs that shards itself
+    over ranks and workers (so it is not passed through `accelerator.prepare`)."""
     d = cfg.data
     with accelerator.main_process_first():
-        train_arrays = scene_arrays("train", d.num_train, image_size, d.min_objects, d.max_objects, d.seed, d.cache_dir)
-        val_arrays = scene_arrays("val", d.num_val, image_size, d.min_objects, d.max_objects, d.seed, d.cache_dir)
+        train_arrays, val_arrays = stage1_arrays(d, image_size)
         if d.tokenizer:
             tokenizer = CaptionTokenizer.load(d.tokenizer)
         else:
-            corpus = [c for caps in train_arrays[1] for c in caps]
-            tokenizer = train_sentencepiece(corpus, vocab_size=d.vocab_size, cache_dir=DEFAULT_CACHE / "tokenizers")
-    train = CaptionedImages(*train_arrays, tokenizer=tokenizer, max_len=max_len, seed=cfg.train.seed)
+            tokenizer = train_sentencepiece(tokenizer_corpus(d, train_arrays), vocab_size=d.vocab_size,
+                                            cache_dir=DEFAULT_CACHE / "tokenizers")
+    if train_arrays is None:
+        train = StreamingPairs(d.train_path, image_size, tokenizer, max_len, accelerator.process_index,
+                               accelerator.num_processes, cfg.train.seed, d.strict)
+    else:
+        train = CaptionedImages(*train_arrays, tokenizer=tokenizer, max_len=max_len, seed=cfg.train.seed)
     val = CaptionedImages(*val_arrays, tokenizer=tokenizer, max_len=max_len, seed=cfg.train.seed)
     return train, val, tokenizer
 
@@ -96,18 +104,22 @@ def train_stage1(cfg: Stage1Config, resume: str | None = None) -> dict:
         model.activation_checkpointing_enable()
     n_params = sum(p.numel() for p in model.parameters())
     accelerator.print(f"SparkModel ({cfg.model.preset}): {n_params / 1e6:.2f}M parameters, loss={cfg.loss}, "
-                      f"{len(train_data)} train / {len(val_data)} val images, vocab {tokenizer.vocab_size}, "
+                      f"{len(train_data) if hasattr(train_data, '__len__') else 'streamed'} train / {len(val_data)} val images, vocab {tokenizer.vocab_size}, "
                       f"precision {cfg.train.precision} (accelerate: {accelerator.mixed_precision}), "
                       f"{accelerator.num_processes} process(es)")
     fps = flops_per_sample(model)
 
     optimizer = build_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.betas, cfg.optim.eps)
     scheduler = cosine_schedule(optimizer, cfg.optim.warmup_steps, cfg.train.max_steps, cfg.optim.min_lr_ratio)
-    loader = torch.utils.data.DataLoader(train_data, batch_size=cfg.train.batch_size, shuffle=True,
+    streaming = isinstance(train_data, torch.utils.data.IterableDataset)
+    loader = torch.utils.data.DataLoader(train_data, batch_size=cfg.train.batch_size, shuffle=not streaming,
                                          drop_last=True, num_workers=cfg.train.num_workers)
     if cfg.train.compile:
         model = torch.compile(model)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    if streaming:  # the shards are already split over ranks and workers: accelerate must not split again
+        model, optimizer = accelerator.prepare(model, optimizer)
+    else:
+        model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
 
     if cfg.train.peak_tflops:
         peak = cfg.train.peak_tflops * 1e12

@@ -3,6 +3,7 @@ out); every key can be overridden from the command line as `section.key=value`."
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from ..models.dual_encoder import PRESETS
@@ -45,13 +46,19 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    kind: Literal["scenes"] = "scenes"  # the built-in procedural scenes (real dataset readers: see README)
-    num_train: int = 30000  # training images (5 captions each)
+    kind: Literal["scenes", "coco", "karpathy", "imagefolder", "webdataset"] = "scenes"
+    num_train: int = 30000  # scenes: training images (5 captions each)
     num_val: int = 500  # held-out images for the periodic retrieval eval
-    min_objects: int = 1
+    min_objects: int = 1  # scenes only
     max_objects: int = 6
     seed: int = 0
-    cache_dir: str | None = None  # null = ~/.cache/spark_vlm/scenes
+    cache_dir: str | None = None  # scenes cache; null = ~/.cache/spark_vlm/scenes
+    # Real data (read from local paths, offline); see spark_vlm/data/stage1_data.py:
+    train_path: str | None = None  # coco/karpathy JSON, imagefolder root, or webdataset shard spec
+    train_images: str | None = None  # image folder for coco/karpathy
+    val_path: str | None = None  # the same for the held-out set (karpathy: its "val" split by default)
+    val_images: str | None = None
+    strict: bool = False  # stop at the first bad image/caption instead of skipping and counting
     tokenizer: str | None = None  # path to a SentencePiece .model or HF tokenizer; null = train one
     vocab_size: int = 1000  # for the trained SentencePiece model (an upper bound on tiny corpora)
 
@@ -61,6 +68,18 @@ class DataConfig:
         check(1 <= self.min_objects <= self.max_objects <= 6, f"{prefix}max_objects",
               f"need 1 <= min_objects <= max_objects <= 6, got {self.min_objects}, {self.max_objects}")
         check(self.vocab_size >= 16, f"{prefix}vocab_size", f"must be >= 16, got {self.vocab_size}")
+        if self.kind == "scenes":
+            return
+        check(bool(self.train_path), f"{prefix}train_path", f"is required for data.kind={self.kind}")
+        if self.kind in ("coco", "karpathy"):
+            check(bool(self.train_images), f"{prefix}train_images", f"is required for data.kind={self.kind}")
+        if self.kind == "webdataset":
+            check(bool(self.val_path), f"{prefix}val_path", "is required for data.kind=webdataset (held-out shards)")
+        # Paths must exist before any work starts (shard specs are expanded and checked by the reader).
+        for key in ("train_path", "train_images", "val_path", "val_images", "tokenizer"):
+            value = getattr(self, key)
+            if value and not (self.kind == "webdataset" and key.endswith("_path")):
+                check(Path(value).exists(), f"{prefix}{key}", f"no such file or directory: {value}")
 
 
 @dataclass
@@ -70,7 +89,7 @@ class Stage1Config:
     lambda_fine: float = 1.0  # lambda_f; the paper sweeps {0.5, 1, 5, 10}
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-3))
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self, prefix: str = "") -> None:

@@ -37,7 +37,7 @@ def train_bpe_tokenizer(texts: list[str], vocab_size: int):
 
 
 def build_lm(arch: str, vocab_size: int, width: int, layers: int, heads: int, max_len: int, pad_id: int, eos_id: int):
-    """A small GPT-2 or Llama causal LM from a config (random weights)."""
+    """A small GPT-2 or Llama causal LM from a config (random weights); `max_len` = its context length."""
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     if arch == "gpt2":
@@ -78,9 +78,11 @@ def lm_batches(tokenizer, texts: list[str], batch_size: int, max_len: int, seed:
 
 def pretrain_standin_lm(train_texts: list[str], val_texts: list[str], cache_dir: str | os.PathLike, arch: str = "gpt2",
                         vocab_size: int = 1000, width: int = 128, layers: int = 4, heads: int = 4, max_len: int = 64,
+                        context: int = 512,
                         steps: int = 600, batch_size: int = 64, lr: float = 2e-3, seed: int = 0) -> Path:
     """Train (or reuse from `cache_dir`) a small causal LM on captions; returns its HF directory."""
     settings = dict(arch=arch, vocab_size=vocab_size, width=width, layers=layers, heads=heads, max_len=max_len,
+                    context=context,
                     steps=steps, batch_size=batch_size, lr=lr, seed=seed, version=1)
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     for t in train_texts:
@@ -91,7 +93,8 @@ def pretrain_standin_lm(train_texts: list[str], val_texts: list[str], cache_dir:
 
     torch.manual_seed(seed)
     tokenizer = train_bpe_tokenizer(train_texts, vocab_size)
-    model = build_lm(arch, len(tokenizer), width, layers, heads, max_len, tokenizer.pad_token_id, tokenizer.eos_token_id)
+    # The context is longer than any caption so that few-shot prompts (POPE probing) still fit.
+    model = build_lm(arch, len(tokenizer), width, layers, heads, context, tokenizer.pad_token_id, tokenizer.eos_token_id)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))

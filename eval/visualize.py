@@ -1,0 +1,96 @@
+"""Show where each caption token looks: SPARK's sparse token-to-patch alignment weights as heatmaps.
+
+    python eval/visualize.py --checkpoint runs/stage1 --image photo.jpg --caption "two red circles" --out heatmap.png
+    python eval/visualize.py --checkpoint runs/stage1 --scene-index 3 --out heatmap.png   # a built-in test scene
+
+The figure shows the image, then one panel per caption token (its tokenizer piece as the title): the
+token's alignment weights a_lp from `sparc_alignment` (min-max normalised similarities, sparsified at
+1/P, L1-renormalised) over the patch grid, upsampled bilinearly and laid over the image. With
+--scene-index and no --caption, the scene's first true caption is used.
+"""
+import argparse
+import math
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from spark_vlm.data.images import BadSample, load_image  # noqa: E402
+from spark_vlm.data.pairs import to_pixel_values  # noqa: E402
+from spark_vlm.data.scenes import SceneConfig, generate_scene  # noqa: E402
+from spark_vlm.evaluation import device, load_checkpoint  # noqa: E402
+from spark_vlm.losses import sparc_alignment  # noqa: E402
+
+
+def token_names(tok, ids: list[int]) -> list[str]:
+    """The tokenizer's piece for each id ("▁red"), so sub-word splits are visible."""
+    if tok.sp is not None:
+        return [tok.sp.id_to_piece(i) for i in ids]
+    return tok.hf.convert_ids_to_tokens(ids)
+
+
+@torch.no_grad()
+def alignment_maps(model, tok, image, caption: str) -> tuple[torch.Tensor, list[str]]:
+    """Per real token, its alignment weights upsampled to the image: [L, H, W], and the token names."""
+    px = to_pixel_values(torch.from_numpy(image[None]).to(device()))
+    enc = tok([caption], model.config.max_text_len)
+    ids, mask = enc["input_ids"].to(device()), enc["attention_mask"].to(device())
+    tokens, token_mask = model.token_embeddings(ids, mask)
+    _, weights = sparc_alignment(model.patch_embeddings(px), tokens, token_mask)  # [1, L, P]
+    n = int(mask.sum())
+    side = model.config.image_size // model.config.patch_size
+    grid = weights[0, :n].reshape(n, 1, side, side).cpu()
+    maps = F.interpolate(grid, size=image.shape[:2], mode="bilinear", align_corners=False)[:, 0]
+    return maps, token_names(tok, ids[0, :n].tolist())
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="stage-1 run directory")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--image", help="an image file")
+    source.add_argument("--scene-index", type=int, help="a built-in test scene")
+    parser.add_argument("--caption", help="the caption to align (required with --image)")
+    parser.add_argument("--out", required=True, help="PNG to write")
+    args = parser.parse_args(argv)
+    if args.image and not args.caption:
+        parser.error("--caption is required with --image")
+
+    try:
+        model, tok = load_checkpoint(args.checkpoint)
+        size = model.config.image_size
+        if args.image:
+            image, caption = load_image(args.image, size), args.caption
+        else:
+            scene = generate_scene(SceneConfig(image_size=size), "test", args.scene_index)
+            image, caption = scene["image"], args.caption or scene["captions"][0]
+    except (OSError, ValueError, BadSample) as e:
+        sys.exit(f"error: {e}")
+    maps, names = alignment_maps(model, tok, image, caption)
+    if not names:
+        sys.exit(f"error: the caption {caption!r} has no tokens")
+
+    cols = min(6, len(names) + 1)
+    rows = math.ceil((len(names) + 1) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    axes.flat[0].imshow(image)
+    axes.flat[0].set_title("image", fontsize=9)
+    for ax, name, heat in zip(axes.flat[1:], names, maps):
+        ax.imshow(image)
+        ax.imshow(heat.numpy(), cmap="inferno", alpha=0.6, vmin=0.0, vmax=max(float(heat.max()), 1e-8))
+        ax.set_title(name, fontsize=9)
+    fig.suptitle(caption, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=100)
+    plt.close(fig)
+    print(f"wrote {args.out} ({len(names)} tokens of {caption!r})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""Stage-1 data sources behind one config key, `data.kind`:
+
+  scenes       the built-in procedural scenes (default)
+  coco         COCO captions JSON (2014/2017) + image folder          data.train_path / data.train_images
+  karpathy     Karpathy split JSON (dataset_coco.json, ...) + images   data.train_path / data.train_images
+  imagefolder  a folder with metadata.jsonl / metadata.csv             data.train_path
+  webdataset   tar shards, streamed (never all in memory)              data.train_path = "shards/{0000..0099}.tar"
+
+Each gives training pairs and a small held-out set for the periodic retrieval eval (`data.val_path`, or
+the Karpathy "val" split, or the last `data.num_val` training images when no val set is named). Bad images
+and empty captions are skipped and counted (`data.strict=true` stops at the first one, naming the file).
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from .builtin import scene_arrays
+from .images import SkipCounter
+from .readers import load_pairs, read_coco_captions, read_imagefolder, read_karpathy
+from .webdataset_reader import WebDatasetPairs, iter_webdataset
+
+log = logging.getLogger(__name__)
+
+
+def _records(kind: str, path: str, images: str | None, split: str) -> list[dict]:
+    if kind == "coco":
+        return read_coco_captions(path, images)
+    if kind == "karpathy":
+        return read_karpathy(path, images, split)
+    if kind == "imagefolder":
+        return read_imagefolder(path)
+    raise ValueError(f"data.kind={kind!r} has no record reader")
+
+
+def _load(records, image_size: int, strict: bool, what: str):
+    counter = SkipCounter(what=f"{what} samples")
+    arrays = load_pairs(records, image_size, strict=strict, counter=counter)
+    if counter.total:
+        log.warning("%s: %s", what, counter.summary())
+        print(f"{what}: {counter.summary()}")
+    if len(arrays[0]) == 0:
+        raise ValueError(f"{what}: no usable image-caption pairs left")
+    return arrays
+
+
+def webdataset_arrays(spec: str, image_size: int, limit: int, strict: bool):
+    """The first `limit` decodable samples of a shard set, in memory (for held-out evaluation)."""
+    images, captions, ids = [], [], []
+    for sample in WebDatasetPairs(spec, image_size, strict=strict):
+        images.append(sample["image"])
+        captions.append(sample["captions"])
+        ids.append(sample["image_id"])
+        if len(images) >= limit:
+            break
+    if not images:
+        raise ValueError(f"data.val_path={spec}: no usable samples")
+    return np.stack(images), captions, ids
+
+
+def stage1_arrays(d, image_size: int):
+    """(train, val) as (images, captions, ids) arrays; train is None for webdataset (it streams)."""
+    if d.kind == "scenes":
+        train = scene_arrays("train", d.num_train, image_size, d.min_objects, d.max_objects, d.seed, d.cache_dir)
+        val = scene_arrays("val", d.num_val, image_size, d.min_objects, d.max_objects, d.seed, d.cache_dir)
+        return train, val
+    if d.kind == "webdataset":
+        if not d.val_path:
+            raise ValueError("data.val_path: webdataset training needs held-out shards for the retrieval eval")
+        return None, webdataset_arrays(d.val_path, image_size, d.num_val, d.strict)
+    train = _load(_records(d.kind, d.train_path, d.train_images, "train"), image_size, d.strict, "train")
+    if d.val_path or d.kind == "karpathy":
+        val_path = d.val_path or d.train_path
+        val_images = d.val_images or d.train_images
+        val = _load(_records(d.kind, val_path, val_images, "val"), image_size, d.strict, "val")
+        val = tuple(x[: d.num_val] for x in val)
+    else:  # hold out the last num_val training images
+        if len(train[0]) <= d.num_val:
+            raise ValueError(f"data.num_val={d.num_val} leaves no training images out of {len(train[0])}")
+        val = tuple(x[-d.num_val:] for x in train)
+        train = tuple(x[: -d.num_val] for x in train)
+    return train, val
+
+
+def tokenizer_corpus(d, train, limit: int = 200_000) -> list[str]:
+    """Captions to train the SentencePiece model on (streamed from the shards for webdataset)."""
+    if train is not None:
+        return [c for caps in train[1] for c in caps][:limit]
+    corpus = []
+    for sample in iter_webdataset(d.train_path):
+        corpus.extend(sample["captions"])
+        if len(corpus) >= limit:
+            break
+    return corpus
+
+
+class StreamingPairs(torch.utils.data.IterableDataset):
+    """WebDataset pairs -> tokenised training samples; one caption per image, drawn by (seed, epoch, id)."""
+
+    def __init__(self, spec: str, image_size: int, tokenizer, max_len: int, rank: int, world_size: int,
+                 seed: int, strict: bool):
+        super().__init__()
+        self.pairs = WebDatasetPairs(spec, image_size, rank=rank, world_size=world_size, shuffle=True, seed=seed,
+                                     strict=strict)
+        self.tokenizer, self.max_len, self.seed = tokenizer, max_len, seed
+
+    def set_epoch(self, epoch: int) -> None:
+        self.pairs.set_epoch(epoch)
+
+    def __iter__(self):
+        for sample in self.pairs:
+            caps = sample["captions"]
+            pick = np.random.default_rng([self.seed, self.pairs.epoch, sample["image_id"] % 2**32]).integers(len(caps))
+            enc = self.tokenizer([caps[pick]], self.max_len)
+            yield {"images": torch.from_numpy(sample["image"]), "input_ids": enc["input_ids"][0],
+                   "attention_mask": enc["attention_mask"][0]}
