@@ -11,7 +11,8 @@ over images. Unreadable images are skipped and counted (--strict stops instead).
 import argparse
 import sys
 
-from spark_vlm.evaluation import add_caption_data_args, encode_images, encode_texts, load_caption_data, load_checkpoint, write_report
+from spark_vlm.evaluation import (add_caption_data_args, encode_images, encode_texts, load_caption_data,
+                                  load_checkpoint, write_report)
 from spark_vlm.metrics.kprecision import k_precision
 
 

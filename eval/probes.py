@@ -14,22 +14,21 @@ import argparse
 import json
 import sys
 
-import numpy as np
-
 from spark_vlm.data.images import SkipCounter
 from spark_vlm.data.probes import PROBE_TYPES, build_probes, coco_objects, probe_accuracy, scene_objects
 from spark_vlm.data.readers import load_pairs, read_coco_captions
 from spark_vlm.data.scene_vocab import SHAPES
-from spark_vlm.evaluation import builtin_scenes, encode_images, encode_texts, load_checkpoint, skip_summary, write_report
+from spark_vlm.evaluation import (builtin_scenes, encode_images, encode_texts, load_checkpoint, scene_images,
+                                  skip_summary, write_report)
 
 
 def load_data(args, image_size: int):
     """(images, image_ids, {image_id: objects}, vocabulary, data description, skip counter)."""
     if not args.instances:
         scenes = builtin_scenes("test", args.num_images, image_size)
-        images = np.stack([s["image"] for s in scenes]) if scenes else np.zeros((0, image_size, image_size, 3), np.uint8)
-        return (images, [s["image_id"] for s in scenes], {s["image_id"]: scene_objects(s) for s in scenes},
-                list(SHAPES), f"built-in scenes, test split, {len(scenes)} images", None)
+        objects = {s["image_id"]: scene_objects(s) for s in scenes}
+        return (scene_images(scenes, image_size), list(objects), objects, list(SHAPES),
+                f"built-in scenes, test split, {len(scenes)} images", None)
     if not args.image_dir:
         raise ValueError("--image-dir is required with --instances")
     with open(args.instances, encoding="utf-8") as f:

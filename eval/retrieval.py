@@ -13,7 +13,8 @@ import sys
 
 import numpy as np
 
-from spark_vlm.evaluation import add_caption_data_args, encode_images, encode_texts, load_caption_data, load_checkpoint, write_report
+from spark_vlm.evaluation import (add_caption_data_args, encode_images, encode_texts, load_caption_data,
+                                  load_checkpoint, write_report)
 from spark_vlm.metrics.retrieval import retrieval_recall
 from spark_vlm.metrics.retrieval_dedup import dedup_retrieval_recall
 

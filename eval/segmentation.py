@@ -24,7 +24,7 @@ from spark_vlm.data.images import BadSample, SkipCounter, handle_bad
 from spark_vlm.data.readers import VOC_CLASSES, VOC_IGNORE, load_pairs, load_voc_mask, read_voc_segmentation
 from spark_vlm.data.scene_vocab import SHAPES
 from spark_vlm.evaluation import (CLIP_TEMPLATES, SCENE_TEMPLATES, builtin_scenes, encode_prompts, iter_pixel_batches,
-                                  load_checkpoint, skip_summary, write_report)
+                                  load_checkpoint, scene_images, skip_summary, write_report)
 from spark_vlm.metrics.classification import zero_shot_classifier
 from spark_vlm.metrics.segmentation import confusion_matrix, miou_from_confusion, segment_patches
 
@@ -39,8 +39,7 @@ def scene_data(num_images: int, image_size: int):
         for o in s["objects"]:  # visible masks are disjoint
             mask[o["mask"]] = SHAPES.index(o["shape"]) + 1
         masks.append(mask)
-    images = np.stack([s["image"] for s in scenes]) if scenes else np.zeros((0, image_size, image_size, 3), np.uint8)
-    return images, masks, None
+    return scene_images(scenes, image_size), masks, None
 
 
 def voc_data(voc_root: str, split: str, image_size: int, num_classes: int, strict: bool):
@@ -71,9 +70,11 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="stage-1 run directory")
     parser.add_argument("--out", required=True, help="JSON report to write (a .md table goes next to it)")
-    parser.add_argument("--voc-root", help="VOC tree (JPEGImages, SegmentationClass, ImageSets); default: built-in scenes")
+    parser.add_argument("--voc-root", help="VOC tree with JPEGImages, SegmentationClass, ImageSets "
+                                           "(default: the built-in scenes)")
     parser.add_argument("--split", default="val", help="VOC split file (default: val)")
-    parser.add_argument("--class-names", help="comma-separated names of mask indices 1..N (default: the 20 VOC classes)")
+    parser.add_argument("--class-names", help="comma-separated names of mask indices 1..N "
+                                              "(default: the 20 VOC classes)")
     parser.add_argument("--templates", nargs="+", help="prompt templates with {} (default: CLIP's 7 for VOC, "
                                                        "scene phrasings for the built-in scenes)")
     parser.add_argument("--num-images", type=int, default=500, help="built-in scenes only (default 500)")

@@ -16,6 +16,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
@@ -36,7 +37,7 @@ def token_names(tok, ids: list[int]) -> list[str]:
 @torch.no_grad()
 def alignment_maps(model, tok, image, caption: str) -> tuple[torch.Tensor, list[str]]:
     """Per real token, its alignment weights upsampled to the image: [L, H, W], and the token names."""
-    px = to_pixel_values(torch.from_numpy(image[None]).to(device()))
+    px = to_pixel_values(torch.from_numpy(np.array(image[None])).to(device()))  # a writable copy
     enc = tok([caption], model.config.max_text_len)
     ids, mask = enc["input_ids"].to(device()), enc["attention_mask"].to(device())
     tokens, token_mask = model.token_embeddings(ids, mask)

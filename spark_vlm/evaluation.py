@@ -92,6 +92,13 @@ def builtin_scenes(split: str, num_images: int, image_size: int) -> list[dict]:
             for i in tqdm(range(num_images), desc=f"{split} scenes", leave=False, mininterval=1.0)]
 
 
+def scene_images(scenes: list[dict], image_size: int) -> np.ndarray:
+    """The scenes' images as one uint8 array [N, S, S, 3] (empty when there are none)."""
+    if not scenes:
+        return np.zeros((0, image_size, image_size, 3), np.uint8)
+    return np.stack([s["image"] for s in scenes])
+
+
 def add_caption_data_args(parser: argparse.ArgumentParser) -> None:
     """--annotations/--karpathy + --image-dir, or the built-in scenes (the default)."""
     parser.add_argument("--annotations", help="COCO captions JSON (captions_val2017.json)")
@@ -117,8 +124,7 @@ def load_caption_data(args, image_size: int) -> tuple[np.ndarray, list[list[str]
         source = args.annotations or f"{args.karpathy} ({args.split})"
         return images, captions, ids, {"data": source, "skipped": skip_summary(counter)}
     scenes = builtin_scenes("test", args.num_images, image_size)
-    images = np.stack([s["image"] for s in scenes]) if scenes else np.zeros((0, image_size, image_size, 3), np.uint8)
-    return (images, [s["captions"] for s in scenes], [s["image_id"] for s in scenes],
+    return (scene_images(scenes, image_size), [s["captions"] for s in scenes], [s["image_id"] for s in scenes],
             {"data": f"built-in scenes, test split, {len(scenes)} images", "skipped": skip_summary(None)})
 
 

@@ -58,24 +58,36 @@ def test_tiny_run_writes_a_loadable_run_dir(tmp_path, loss):
     assert (out / "checkpoints").is_dir() and len(list((out / "checkpoints").glob("step_*"))) == 2
 
 
-def test_resume_latest_continues_exactly(tmp_path):
+def test_resume_continues_exactly(tmp_path):
+    # One run to step 9 saving at 5; then a second run resumed from that step-5 checkpoint must end with the
+    # same weights and the same losses. 96 images / batch 16 = 6 batches per epoch, so step 5 is mid-epoch:
+    # the data order, RNG, optimizer and schedule must all resume.
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    common = TINY + ["train.eval_every=0", "train.save_every=5"]
-    # 96 images / batch 16 = 6 batches per epoch, so step 5 stops mid-epoch: the data order must resume too.
-    assert run(common + ["train.max_steps=9", f"train.output_dir={straight}"], tmp_path).returncode == 0
-    first = run(common + ["train.max_steps=5", f"train.output_dir={resumed}"], tmp_path)
+    common = TINY + ["train.eval_every=0", "train.save_every=5", "train.max_steps=9", "train.keep_checkpoints=3"]
+    first = run(common + [f"train.output_dir={straight}"], tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
-    second = run(common + ["train.max_steps=9", f"train.output_dir={resumed}", "--resume", "latest"], tmp_path)
+    ckpt = straight / "checkpoints" / "step_00000005"
+    second = run(common + [f"train.output_dir={resumed}", "--resume", str(ckpt)], tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resumed from" in second.stdout
     a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
     for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
-    steps = [r["step"] for r in records(resumed) if r.get("kind") is None]
-    assert steps == list(range(1, 10))
-    losses_a = [r["loss"] for r in records(straight) if r.get("kind") is None]
-    losses_b = [r["loss"] for r in records(resumed) if r.get("kind") is None]
-    assert losses_a == pytest.approx(losses_b, rel=1e-5)
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=lambda m, key=key: f"{key}: {m}")
+    losses_a = {r["step"]: r["loss"] for r in records(straight) if r.get("kind") is None}
+    losses_b = {r["step"]: r["loss"] for r in records(resumed) if r.get("kind") is None}
+    assert sorted(losses_b) == [6, 7, 8, 9]
+    assert [losses_b[s] for s in range(6, 10)] == pytest.approx([losses_a[s] for s in range(6, 10)], rel=1e-5)
+
+
+def test_resume_latest_picks_the_newest_complete_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    common = TINY + ["train.eval_every=0", "train.save_every=2", f"train.output_dir={out}"]
+    assert run(common + ["train.max_steps=4"], tmp_path).returncode == 0
+    (out / "checkpoints" / ".tmp_step_00000006").mkdir()  # a half-written save must be ignored
+    proc = run(common + ["train.max_steps=6", "--resume", "latest"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from" in proc.stdout and "step_00000004" in proc.stdout
+    assert [r["step"] for r in records(out) if r.get("kind") is None] == [1, 2, 3, 4, 5, 6]
 
 
 def test_config_error_is_one_line_before_any_work(tmp_path):

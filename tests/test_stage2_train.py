@@ -118,3 +118,23 @@ def test_deepspeed_zero_runs_on_cpu(tmp_path, stage1_dir, zero):
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "DeepSpeed" in proc.stdout
     check_run_dir(out, 3)
+
+
+def test_resume_keeps_only_trainable_weights_and_continues_exactly(tmp_path, stage1_dir):
+    from safetensors.torch import load_file
+
+    common = TINY + [f"vision_checkpoint={stage1_dir}", "train.eval_every=0", "train.save_every=2",
+                     "train.precision=fp32", "train.max_steps=4", "train.keep_checkpoints=3"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    first = run(common + [f"train.output_dir={straight}"], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    ckpt_dir = straight / "checkpoints" / "step_00000002"
+    ckpt = load_file(ckpt_dir / "model.safetensors")
+    assert ckpt and not any(k.startswith("vision.") for k in ckpt)  # the frozen parts are never copied
+    assert all(k.startswith(("perceiver.", "new_token_")) or "gated_xattn" in k for k in ckpt), sorted(ckpt)[:5]
+    second = run(common + [f"train.output_dir={resumed}", "--resume", str(ckpt_dir)], tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    a, b = load_file(straight / "trainable.safetensors"), load_file(resumed / "trainable.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=lambda m, key=key: f"{key}: {m}")

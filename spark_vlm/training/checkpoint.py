@@ -47,7 +47,7 @@ def resolve_resume(run_dir: str | Path, resume: str | None) -> Path | None:
     return path
 
 
-def save_checkpoint(accelerator, run_dir: str | Path, step: int, state: dict, keep: int = 2) -> Path:
+def save_checkpoint(accelerator, run_dir: str | Path, step: int, state: dict, keep: int = 2, **save_kwargs) -> Path:
     """Save the full training state for `step` atomically; keep only the newest `keep` checkpoints."""
     root = checkpoint_dir(run_dir)
     final = root / f"step_{step:08d}"
@@ -56,7 +56,7 @@ def save_checkpoint(accelerator, run_dir: str | Path, step: int, state: dict, ke
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))  # every rank writes its part (DeepSpeed shards, RNG states)
+    accelerator.save_state(str(tmp), **save_kwargs)  # every rank writes its part (DeepSpeed shards, RNG states)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / STATE_FILE).write_text(json.dumps({"step": step, **state}, indent=2))
@@ -68,7 +68,7 @@ def save_checkpoint(accelerator, run_dir: str | Path, step: int, state: dict, ke
     return final
 
 
-def load_checkpoint(accelerator, path: str | Path) -> dict:
+def load_checkpoint(accelerator, path: str | Path, **load_kwargs) -> dict:
     """Restore the full training state; returns the trainer state (step, epoch, ...)."""
-    accelerator.load_state(str(path))
+    accelerator.load_state(str(path), **load_kwargs)
     return json.loads((Path(path) / STATE_FILE).read_text())

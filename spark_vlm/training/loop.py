@@ -8,6 +8,7 @@ The stage-specific parts come in as two callables:
 from __future__ import annotations
 
 import importlib
+import json
 import math
 import os
 import time
@@ -51,6 +52,28 @@ def make_accelerator(train: TrainConfig):
     )
 
 
+def checkpoint_filters(accelerator, trainable_only: Callable[[str], bool] | None) -> tuple[dict, dict]:
+    """Make `save_state` keep only trainable weights; returns the matching save/load keyword arguments."""
+    if trainable_only is None:
+        return {}, {}
+    if accelerator.state.deepspeed_plugin is not None:
+        return {"exclude_frozen_parameters": True}, {"load_module_strict": False}
+
+    def keep_trainable(models, weights, output_dir):
+        for state in weights:
+            for key in [k for k in state if not trainable_only(_plain_name(k))]:
+                del state[key]
+
+    accelerator.register_save_state_pre_hook(keep_trainable)
+    return {}, {"strict": False}  # the frozen keys are absent on purpose
+
+
+def _plain_name(key: str) -> str:
+    for prefix in ("module.", "_orig_mod."):  # DDP and torch.compile wrappers
+        key = key.removeprefix(prefix)
+    return key
+
+
 @dataclass
 class LoopState:
     step: int = 0  # optimiser steps done
@@ -72,17 +95,22 @@ def train_loop(
     throughput: Throughput,
     resume: str | None = None,
     on_save: Callable[[Path], None] | None = None,
+    trainable_only: Callable[[str], bool] | None = None,
 ) -> tuple[LoopState, dict]:
-    """Run until `train.max_steps` optimiser steps (or the time limit). Returns the state and last eval."""
+    """Run until `train.max_steps` optimiser steps (or the time limit). Returns the state and last eval.
+
+    `trainable_only(name)`: when given, checkpoints keep only the parameters it accepts (stage 2: the frozen
+    vision tower and LM are never copied into a checkpoint; they are reloaded from their sources)."""
     run_dir = Path(run_dir)
     main = accelerator.is_main_process
     logger = MetricsLogger(run_dir, enabled=main)
     accelerator.register_for_checkpointing(scheduler)
+    save_kwargs, load_kwargs = checkpoint_filters(accelerator, trainable_only)
 
     state = LoopState()
     ckpt = resolve_resume(run_dir, resume)
     if ckpt is not None:
-        saved = load_checkpoint(accelerator, ckpt)
+        saved = load_checkpoint(accelerator, ckpt, **load_kwargs)
         state = LoopState(saved["step"], saved["epoch"], saved["batches_into_epoch"])
         accelerator.print(f"resumed from {ckpt} at step {state.step}")
     elif resume not in (None, "latest"):
@@ -91,7 +119,7 @@ def train_loop(
     def save() -> None:
         path = save_checkpoint(accelerator, run_dir, state.step,
                                {"epoch": state.epoch, "batches_into_epoch": state.batches_into_epoch},
-                               keep=train.keep_checkpoints)
+                               keep=train.keep_checkpoints, **save_kwargs)
         if on_save is not None:
             on_save(path)
 
@@ -174,3 +202,15 @@ def batch_size_of(batch) -> int:
         first = next(iter(batch.values()))
         return int(first.shape[0])
     return int(batch[0].shape[0])
+
+
+def finish(accelerator, run_dir: Path, step: int, result: dict, summary: str) -> None:
+    """Write the final evaluation, print the summary (rank 0), and shut the process group down cleanly
+    (without it a rank occasionally aborted at exit)."""
+    if accelerator.is_main_process:
+        (Path(run_dir) / "eval_results.json").write_text(json.dumps({"step": step, **result}, indent=2))
+        accelerator.print(summary)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -21,7 +20,7 @@ from ..data.tokenizer import DEFAULT_CACHE, CaptionTokenizer, train_sentencepiec
 from ..losses import clip_loss, filip_loss, spark_loss
 from ..models import SparkConfig, SparkModel
 from .config import save_config
-from .loop import make_accelerator, train_loop
+from .loop import finish, make_accelerator, train_loop
 from .optim import build_optimizer, cosine_schedule
 from .stage1_config import Stage1Config
 from .stage1_eval import evaluate_stage1
@@ -136,19 +135,14 @@ def train_stage1(cfg: Stage1Config, resume: str | None = None) -> dict:
         train=cfg.train, optim=cfg.optim, run_dir=run_dir, throughput=Throughput(fps, peak), resume=resume,
         on_save=lambda _path: export_model(accelerator, model, tokenizer, run_dir),
     )
-    if accelerator.is_main_process:
-        (run_dir / "eval_results.json").write_text(json.dumps({"step": state.step, **result}, indent=2))
-        accelerator.print(
-            f"[step {state.step}] held-out retrieval on {len(val_data)} images: "
-            f"R@1 = {result['R@1']:.1f}% (text->image {result['text_to_image_R@1']:.1f}%, "
-            f"image->text {result['image_to_text_R@1']:.1f}%), R@5 = {result['R@5']:.1f}%\n"
-            f"alignment: {100 * result['patches_kept_frac']:.1f}% of patches kept, entropy "
-            f"{result['align_entropy']:.2f} nats (uniform {result['align_entropy_uniform']:.2f}); fine loss "
-            f"matched {result['fine_loss_matched']:.3f} vs shuffled image {result['fine_loss_shuffled']:.3f}\n"
-            f"model and tokenizer saved to {run_dir}/ (SparkModel.from_pretrained('{run_dir}'))"
-        )
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    summary = (
+        f"[step {state.step}] held-out retrieval on {len(val_data)} images: "
+        f"R@1 = {result['R@1']:.1f}% (text->image {result['text_to_image_R@1']:.1f}%, "
+        f"image->text {result['image_to_text_R@1']:.1f}%), R@5 = {result['R@5']:.1f}%\n"
+        f"alignment: {100 * result['patches_kept_frac']:.1f}% of patches kept, entropy "
+        f"{result['align_entropy']:.2f} nats (uniform {result['align_entropy_uniform']:.2f}); fine loss "
+        f"matched {result['fine_loss_matched']:.3f} vs shuffled image {result['fine_loss_shuffled']:.3f}\n"
+        f"model and tokenizer saved to {run_dir}/ (SparkModel.from_pretrained('{run_dir}'))"
+    )
+    finish(accelerator, run_dir, state.step, result, summary)
     return result

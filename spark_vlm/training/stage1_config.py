@@ -89,7 +89,7 @@ class Stage1Config:
     lambda_fine: float = 1.0  # lambda_f; the paper sweeps {0.5, 1, 5, 10}
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-3))
+    optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self, prefix: str = "") -> None:

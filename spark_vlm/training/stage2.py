@@ -24,7 +24,7 @@ from ..data.tokenizer import DEFAULT_CACHE
 from ..models.flamingo import FlamingoConfig, SparkFlamingo
 from ..models import flamingo_io
 from .config import save_config
-from .loop import make_accelerator, train_loop
+from .loop import finish, make_accelerator, train_loop
 from .optim import build_optimizer, cosine_schedule
 from .stage2_config import Stage2Config
 from .standin_lm import pretrain_standin_lm
@@ -222,16 +222,13 @@ def train_stage2(cfg: Stage2Config, resume: str | None = None) -> dict:
         accelerator, model, optimizer, scheduler, loader, loss_fn=stage2_loss, eval_fn=evaluate,
         train=cfg.train, optim=cfg.optim, run_dir=run_dir, throughput=Throughput(fps, peak), resume=resume,
         on_save=lambda _path: export_run(accelerator, model, {**manifest, "lm_path": os.path.abspath(lm_path)}, run_dir),
+        trainable_only=SparkFlamingo.is_trainable_name,
     )
-    if accelerator.is_main_process:
-        (run_dir / "eval_results.json").write_text(json.dumps({"step": state.step, **result}, indent=2))
-        accelerator.print(
-            f"[step {state.step}] validation caption loss {result['val_caption_loss']:.3f} with the image vs "
-            f"{result['val_caption_loss_text_only']:.3f} for the frozen text-only LM (caption tokens 2..n, "
-            f"{len(val_data)} images); full stage-2 val loss {result['val_loss']:.3f}\n"
-            f"trainable weights + manifest saved to {run_dir}/ (eval/caption.py --checkpoint {run_dir})")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    summary = (
+        f"[step {state.step}] validation caption loss {result['val_caption_loss']:.3f} with the image vs "
+        f"{result['val_caption_loss_text_only']:.3f} for the frozen text-only LM (caption tokens 2..n, "
+        f"{len(val_data)} images); full stage-2 val loss {result['val_loss']:.3f}\n"
+        f"trainable weights + manifest saved to {run_dir}/ (eval/caption.py --checkpoint {run_dir})"
+    )
+    finish(accelerator, run_dir, state.step, result, summary)
     return result

@@ -1,0 +1,167 @@
+"""The evaluation CLIs in eval/ end to end on tiny fixtures with a tiny random checkpoint: JSON keys and
+value ranges, the markdown table, identical JSON on a repeated run, bad images skipped and counted."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from spark_vlm.data import coco_export
+from spark_vlm.data.readers import voc_colormap
+from spark_vlm.data.scenes import SceneConfig, generate_scene
+from spark_vlm.data.tokenizer import train_sentencepiece
+from spark_vlm.evaluation import load_checkpoint
+from spark_vlm.models.dual_encoder import SparkConfig, SparkModel
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli(name: str):
+    """Import eval/<name>.py as a module, so its main(argv) runs in this process (no torch re-import)."""
+    spec = importlib.util.spec_from_file_location(f"eval_cli_{name}", REPO / "eval" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt")
+    captions = [c for i in range(40) for c in generate_scene(SceneConfig(image_size=32), "train", i)["captions"]]
+    tok = train_sentencepiece(captions + ["a photo of a cat", "a dog"], vocab_size=200, cache_dir=root / "sp")
+    config = SparkConfig(image_size=32, patch_size=8, vision_width=32, vision_layers=1, vision_heads=2,
+                         vocab_size=tok.vocab_size, max_text_len=24, text_width=32, text_layers=1, text_heads=2,
+                         embed_dim=16)
+    model = SparkModel(config)
+    run = root / "run"
+    model.save_pretrained(run)
+    tok.save(run)
+    return str(run)
+
+
+def run_twice(name: str, argv: list[str], out: Path) -> dict:
+    """Run a CLI twice; the JSON must be byte-identical and the markdown table must exist."""
+    cli(name).main(argv + ["--out", str(out)])
+    first = out.read_text()
+    cli(name).main(argv + ["--out", str(out)])
+    assert out.read_text() == first, f"{name}: a repeated run changed the report"
+    assert out.with_suffix(".md").read_text().startswith("## ")
+    return json.loads(first)
+
+
+def in_range(*values):
+    return all(0.0 <= v <= 100.0 for v in values)
+
+
+def test_load_checkpoint_explains_a_wrong_directory(tmp_path, checkpoint):
+    with pytest.raises(FileNotFoundError, match="not a stage-1 run"):
+        load_checkpoint(tmp_path)
+    model, tok = load_checkpoint(checkpoint)
+    assert not model.training and tok.vocab_size == model.config.vocab_size
+
+
+def test_classification_cli(tmp_path, checkpoint):
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(["red_thing", "blue_thing", "green_thing"]):
+        (tmp_path / "tree" / name).mkdir(parents=True)
+        for k in range(2):
+            pixels = np.zeros((20, 24, 3), np.uint8) + rng.integers(0, 255, 3, dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "tree" / name / f"{k}.png")
+    (tmp_path / "tree" / "red_thing" / "broken.jpg").write_bytes(b"not a jpeg")
+    out = run_twice("classification", ["--checkpoint", checkpoint, "--image-dir", str(tmp_path / "tree"),
+                                       "--templates", "a {}", "a photo of a {}."], tmp_path / "cls.json")
+    assert out["num_samples"] == 6 and out["num_classes"] == 3 and out["class_names"][0] == "blue thing"
+    assert in_range(out["acc@1"], out["acc@5"], out["mean_per_class_recall"])
+    assert out["acc@5"] == 100.0  # 3 classes: all within the top 5
+    assert out["skipped"]["total"] == 1
+
+
+@pytest.fixture(scope="module")
+def coco(tmp_path_factory):
+    out = tmp_path_factory.mktemp("coco")
+    coco_export.main(["--out", str(out), "--split", "val", "--num-images", "8", "--image-size", "32"])
+    os.remove(next((out / "val").iterdir()))  # one missing image: skipped and counted
+    return out
+
+
+def test_retrieval_and_kprecision_on_coco_export(tmp_path, coco, checkpoint):
+    data = ["--checkpoint", checkpoint, "--annotations", str(coco / "annotations" / "captions_val.json"),
+            "--image-dir", str(coco / "val")]
+    out = run_twice("retrieval", data, tmp_path / "retr.json")
+    assert out["num_images"] == 7 and out["num_texts"] == 35 and out["skipped"]["total"] == 1
+    for key in ("image_to_text_R@1", "text_to_image_R@10", "R@5"):
+        assert in_range(out[key], out["dedup"][key])
+    assert out["dedup"]["image_to_text_R@1"] >= out["image_to_text_R@1"]  # duplicates can only help
+    kp = run_twice("kprecision", data, tmp_path / "kp.json")
+    assert in_range(kp["K-P"], kp["K-Pna"]) and kp["num_images"] == 7
+
+
+def test_probes_cli_on_scenes_and_coco_export(tmp_path, coco, checkpoint):
+    out = run_twice("probes", ["--checkpoint", checkpoint, "--num-images", "12"], tmp_path / "probes.json")
+    assert set(out["per_type"]) == {"count", "color_binding", "relation_swap", "absent_object"}
+    for v in out["per_type"].values():
+        assert in_range(v["accuracy"]) and v["chance"] == 50.0
+    assert sum(v["num_items"] for v in out["per_type"].values()) + sum(out["skipped_probes"].values()) == 12 * 4
+    out = run_twice("probes", ["--checkpoint", checkpoint, "--instances", str(coco / "annotations" / "instances_val.json"),
+                               "--image-dir", str(coco / "val")], tmp_path / "probes_coco.json")
+    assert out["num_images"] == 7 and out["skipped"]["total"] == 1 and "color_binding" in out["per_type"]
+
+
+def write_voc(root: Path) -> None:
+    """3 images (40x30, not square) with palette masks: classes {1, 15} + ignore, {2}, background only."""
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / sub).mkdir(parents=True)
+    names = ["2007_000001", "2007_000002", "2007_000003"]
+    (root / "ImageSets/Segmentation/val.txt").write_text("\n".join(names) + "\n")
+    rng = np.random.default_rng(1)
+    masks = [np.zeros((30, 40), np.uint8) for _ in names]
+    masks[0][5:15, 8:20], masks[0][15:25, 20:35], masks[0][14, :] = 1, 15, 255
+    masks[1][10:20, 10:30] = 2
+    for name, mask in zip(names, masks):
+        Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(root / "JPEGImages" / f"{name}.jpg")
+        png = Image.fromarray(mask, mode="P")
+        png.putpalette(voc_colormap().flatten().tolist())
+        png.save(root / "SegmentationClass" / f"{name}.png")
+
+
+def test_segmentation_cli_on_voc_and_scenes(tmp_path, checkpoint):
+    write_voc(tmp_path / "voc")
+    out = run_twice("segmentation", ["--checkpoint", checkpoint, "--voc-root", str(tmp_path / "voc")],
+                    tmp_path / "seg.json")
+    assert out["num_images"] == 3 and out["num_images_without_foreground"] == 1 and out["num_images_multiclass"] == 1
+    assert in_range(out["mIoU"], out["mIoU_multiclass"], out["mIoU_foreground_pixels"])
+    # Image 2 has one class: the argmax over the present classes labels it everywhere, so its IoU is its area share.
+    assert out["per_class_IoU"]["bicycle"] == pytest.approx(100 * 200 / 900)
+    assert out["per_class_IoU"]["cat"] is None and len(out["per_class_IoU"]) == 20
+
+    out = run_twice("segmentation", ["--checkpoint", checkpoint, "--num-images", "10"], tmp_path / "seg_scenes.json")
+    assert out["num_images"] == 10 and set(out["per_class_IoU"]) == {"circle", "square", "triangle", "star", "cross",
+                                                                     "diamond", "hexagon", "ring"}
+    assert in_range(out["mIoU"], out["mIoU_multiclass"])
+
+
+def test_visualize_writes_png(tmp_path, checkpoint):
+    image = tmp_path / "img.png"
+    Image.fromarray(generate_scene(SceneConfig(image_size=48), "test", 0)["image"]).save(image)
+    cli("visualize").main(["--checkpoint", checkpoint, "--image", str(image), "--caption", "two red circles",
+                           "--out", str(tmp_path / "a.png")])
+    with Image.open(tmp_path / "a.png") as png:
+        png.verify()
+    cli("visualize").main(["--checkpoint", checkpoint, "--scene-index", "3", "--out", str(tmp_path / "b.png")])
+    assert Image.open(tmp_path / "b.png").format == "PNG"
+
+
+def test_retrieval_script_runs_as_a_program(tmp_path, checkpoint):
+    """One real `python eval/retrieval.py` (built-in scenes), and a clear error for a wrong checkpoint."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, str(REPO / "eval" / "retrieval.py"), "--num-images", "16", "--out", str(tmp_path / "r.json")]
+    proc = subprocess.run(cmd + ["--checkpoint", checkpoint], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "| protocol |" in proc.stdout and json.loads((tmp_path / "r.json").read_text())["num_images"] == 16
+    proc = subprocess.run(cmd + ["--checkpoint", str(tmp_path)], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode != 0 and "not a stage-1 run" in proc.stderr
