@@ -63,3 +63,30 @@ def test_bad_files(tmp_path):
     sci = tmp_path / "sci.yaml"
     sci.write_text("optim:\n  lr: 1e-3\n")
     assert load_config(Stage1Config, sci).optim.lr == pytest.approx(1e-3)
+
+
+def test_stage2_tiny_yaml_equals_the_defaults():
+    from spark_vlm.training.stage2_config import Stage2Config
+
+    assert to_dict(load_config(Stage2Config, REPO / "configs" / "stage2_tiny.yaml")) == to_dict(Stage2Config())
+
+
+def test_stage2_validation_names_the_key():
+    from spark_vlm.training.stage2_config import Stage2Config
+
+    for override, key in ((["model.num_latents=0"], "model.num_latents: must be > 0"),
+                          (["lm.standin_arch=rnn"], "lm.standin_arch: must be one of"),
+                          (["lm.standin_heads=3"], "lm.standin_heads: 3 does not divide standin_width 128"),
+                          (["data.max_text_len=2"], "data.max_text_len: must be >= 4")):
+        with pytest.raises(ConfigError, match=key):
+            load_config(Stage2Config, None, override)
+
+
+def test_real_data_kinds_need_existing_paths(tmp_path):
+    with pytest.raises(ConfigError, match="data.train_path: is required for data.kind=coco"):
+        load_config(Stage1Config, None, ["data.kind=coco"])
+    with pytest.raises(ConfigError, match="data.train_images: no such file or directory"):
+        load_config(Stage1Config, None, ["data.kind=coco", f"data.train_path={tmp_path}",
+                                         f"data.train_images={tmp_path / 'nope'}"])
+    with pytest.raises(ConfigError, match="data.val_path: is required for data.kind=webdataset"):
+        load_config(Stage1Config, None, ["data.kind=webdataset", "data.train_path=x-{0..1}.tar"])
