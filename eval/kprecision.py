@@ -8,30 +8,12 @@ K-P is the share of its words found in the image's reference captions, K-Pna the
 and adjectives (word lists, not a tagger: see spark_vlm/metrics/kprecision.py). Percent, averaged
 over images. Unreadable images are skipped and counted (--strict stops instead).
 """
-import argparse
-import sys
-
-from spark_vlm.evaluation import (add_caption_data_args, encode_images, encode_texts, load_caption_data,
-                                  load_checkpoint, write_report)
+from spark_vlm.evaluation import caption_eval_inputs, write_report
 from spark_vlm.metrics.kprecision import k_precision
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="stage-1 run directory")
-    parser.add_argument("--out", required=True, help="JSON report to write (a .md table goes next to it)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    add_caption_data_args(parser)
-    args = parser.parse_args(argv)
-
-    try:
-        model, tok = load_checkpoint(args.checkpoint)
-        images, captions, _, data = load_caption_data(args, model.config.image_size)
-    except (OSError, ValueError) as e:
-        sys.exit(f"error: {e}")
-    texts = [c for caps in captions for c in caps]
-
-    similarity = encode_images(model, images, args.batch_size) @ encode_texts(model, tok, texts).t()
+    args, data, captions, texts, similarity = caption_eval_inputs(__doc__, argv)
     top1 = similarity.argmax(dim=1).tolist()  # ties -> the first caption: deterministic
     retrieved = [texts[j] for j in top1]
     scores = k_precision(retrieved, captions)

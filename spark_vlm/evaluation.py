@@ -174,3 +174,25 @@ def write_report(out_json, result: dict, title: str, rows: list[dict] | None = N
     out_json.with_suffix(".md").write_text(table)
     print(table)
     return table
+
+
+def caption_eval_inputs(doc: str, argv=None):
+    """The shared start of the caption-data CLIs (retrieval, K-Precision): parse --checkpoint/--out/
+    --batch-size + the data flags, load the checkpoint and the data, and encode every image and caption.
+    Returns (args, data description, captions per image, flat texts, similarity [images, texts])."""
+    import sys
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="stage-1 run directory")
+    parser.add_argument("--out", required=True, help="JSON report to write (a .md table goes next to it)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    add_caption_data_args(parser)
+    args = parser.parse_args(argv)
+    try:
+        model, tok = load_checkpoint(args.checkpoint)
+        images, captions, _, data = load_caption_data(args, model.config.image_size)
+    except (OSError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    texts = [c for caps in captions for c in caps]
+    similarity = encode_images(model, images, args.batch_size) @ encode_texts(model, tok, texts).t()
+    return args, data, captions, texts, similarity

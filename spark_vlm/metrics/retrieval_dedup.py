@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .retrieval import recall_at_k
+
 
 def _normalise(caption: str) -> str:
     return " ".join(caption.lower().split())
@@ -59,15 +61,7 @@ def dedup_retrieval_recall(similarity, captions, text_to_image, ks=(1, 5, 10), c
         rank_t2i.append(_best_rank(sim[:, cols].t(), has_string[:, sid_t[cols]].t()))
     rank_i2t = torch.cat(rank_i2t) if rank_i2t else torch.zeros(0, dtype=torch.long)
     rank_t2i = torch.cat(rank_t2i) if rank_t2i else torch.zeros(0, dtype=torch.long)
-    has_caption = has_string.any(dim=1)
-
+    out = recall_at_k(rank_i2t[has_string.any(dim=1)], rank_t2i, ks)
     owners = has_string.sum(dim=0)  # how many images own each string
-    out = {}
-    for k in ks:
-        i2t = 100.0 * (rank_i2t[has_caption] < k).double().mean().item() if has_caption.any() else float("nan")
-        t2i_r = 100.0 * (rank_t2i < k).double().mean().item() if num_texts else float("nan")
-        out[f"image_to_text_R@{k}"] = i2t
-        out[f"text_to_image_R@{k}"] = t2i_r
-        out[f"R@{k}"] = (i2t + t2i_r) / 2
     out["num_duplicate_texts"] = int((owners[sid_t] > 1).sum().item()) if num_texts else 0
     return out
