@@ -90,3 +90,15 @@ def test_real_data_kinds_need_existing_paths(tmp_path):
                                          f"data.train_images={tmp_path / 'nope'}"])
     with pytest.raises(ConfigError, match="data.val_path: is required for data.kind=webdataset"):
         load_config(Stage1Config, None, ["data.kind=webdataset", "data.train_path=x-{0..1}.tar"])
+
+
+def test_overriding_one_key_keeps_the_stage_defaults_of_its_section():
+    from spark_vlm.training.stage2_config import Stage2Config
+
+    default = Stage2Config()
+    cfg = load_config(Stage2Config, None, ["train.output_dir=elsewhere", "optim.lr=5e-4"])
+    assert cfg.train.output_dir == "elsewhere"
+    assert cfg.train.max_steps == default.train.max_steps == 1000  # not the generic TrainConfig's 1200
+    assert cfg.train.batch_size == default.train.batch_size == 32
+    assert cfg.optim.warmup_steps == default.optim.warmup_steps == 50
+    assert cfg.optim.lr == pytest.approx(5e-4)

@@ -138,3 +138,26 @@ def test_resume_keeps_only_trainable_weights_and_continues_exactly(tmp_path, sta
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=lambda m, key=key: f"{key}: {m}")
+
+
+def test_object_questions_are_true_and_deterministic():
+    from spark_vlm.data.builtin import add_object_questions
+    from spark_vlm.data.scene_vocab import SHAPES
+
+    captions = [["two red circles"], ["a blue star"], ["a ring"]]
+    shapes = [{"circle"}, {"star", "ring"}, set(SHAPES)]  # the last image has no absent shape to ask about
+    out = add_object_questions(captions, shapes, per_image=4, seed=3, vocabulary=SHAPES)
+    assert out == add_object_questions(captions, shapes, per_image=4, seed=3, vocabulary=SHAPES)
+    assert [c[0] for c in out] == ["two red circles", "a blue star", "a ring"]  # captions kept first
+    for caps, present in zip(out, shapes):
+        for q in caps[1:]:
+            obj = q.split("Is there ")[1].split(" in the image")[0].split(" ", 1)[1]
+            assert q.endswith("Answer: yes") == (obj in present), q
+    assert len(out[0]) == 1 + 4 and len(out[2]) == 1 + 2  # no "no" questions when nothing is absent
+
+
+def test_object_questions_train(tmp_path, stage1_dir):
+    out = tmp_path / "qa"
+    proc = run(TINY + [f"vision_checkpoint={stage1_dir}", f"train.output_dir={out}", "train.max_steps=2",
+                       "train.eval_every=0", "train.save_every=0", "data.object_questions=2"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]

@@ -78,16 +78,24 @@ def _coerce(value: Any, tp, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported type {tp}")
 
 
-def build(cls, values: dict, prefix: str = ""):
-    """Instantiate dataclass `cls` from a (possibly partial) dict; unknown keys are errors."""
+def build(cls, values: dict, prefix: str = "", base=None):
+    """Dataclass `cls` from a (possibly partial) dict laid over `base` (default: `cls()`); unknown keys are
+    errors. A nested section is laid over the *parent's* default for it, so overriding one key of a section
+    keeps that stage's other defaults (stage 2's `train` defaults are not the generic TrainConfig's)."""
+    base = cls() if base is None else base
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for key in values:
         if key not in names:
             raise ConfigError(f"{prefix}{key}: unknown key (valid keys: {', '.join(sorted(names))})")
-    kwargs = {k: _coerce(v, hints[k], f"{prefix}{k}") for k, v in values.items()}
-    obj = cls(**kwargs)
-    return obj
+    kwargs = {}
+    for key, value in values.items():
+        current = getattr(base, key)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            kwargs[key] = build(type(current), value, prefix=f"{prefix}{key}.", base=current)
+        else:
+            kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
+    return dataclasses.replace(base, **kwargs)
 
 
 def to_dict(cfg) -> dict:

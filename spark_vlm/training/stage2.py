@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..data.builtin import scene_arrays
+from ..data.builtin import add_object_questions, scene_arrays, scene_shapes
+from ..data.scene_vocab import SHAPES
 from ..data.pairs import CaptionedImages, to_pixel_values
 from ..data.prompts import FlamingoPrompts
 from ..data.tokenizer import DEFAULT_CACHE
@@ -178,6 +179,10 @@ def train_stage2(cfg: Stage2Config, resume: str | None = None) -> dict:
                 f"stage1_pretrain/train.py (or set vision_checkpoint=PATH to a stage-1 run directory)")
         image_size = json.loads(vision_cfg.read_text())["image_size"]
         train_arrays = scene_arrays("train", d.num_train, image_size, d.min_objects, d.max_objects, d.seed, d.cache_dir)
+        if d.object_questions:  # optional yes/no question text, so POPE-style probing has something to measure
+            shapes = scene_shapes("train", d.num_train, image_size, d.min_objects, d.max_objects, d.seed, d.cache_dir)
+            questions = add_object_questions(train_arrays[1], shapes, d.object_questions, d.seed, SHAPES)
+            train_arrays = (train_arrays[0], questions, train_arrays[2])
         val_arrays = scene_arrays("val", d.num_val, image_size, d.min_objects, d.max_objects, d.seed, d.cache_dir)
         lm_path = resolve_lm(cfg, train_arrays[1], val_arrays[1])
     with full_weights_on_load(accelerator):

@@ -66,6 +66,7 @@ class Stage2DataConfig:
     seed: int = 0
     cache_dir: str | None = None
     max_text_len: int = 48  # LM tokens per training sequence, <image> and <|endofchunk|> included
+    object_questions: int = 0  # >0: add this many yes/no object questions per image to the training text
 
     def validate(self, prefix: str) -> None:
         check(self.num_train > 0, f"{prefix}num_train", f"must be > 0, got {self.num_train}")
@@ -73,6 +74,7 @@ class Stage2DataConfig:
         check(1 <= self.min_objects <= self.max_objects <= 6, f"{prefix}max_objects",
               f"need 1 <= min_objects <= max_objects <= 6, got {self.min_objects}, {self.max_objects}")
         check(self.max_text_len >= 4, f"{prefix}max_text_len", f"must be >= 4, got {self.max_text_len}")
+        check(self.object_questions >= 0, f"{prefix}object_questions", f"must be >= 0, got {self.object_questions}")
 
 
 def _stage2_train() -> TrainConfig:
