@@ -107,3 +107,14 @@ def test_two_cpu_processes_really_run(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 process(es)" in proc.stdout
     assert [r["step"] for r in records(out) if r.get("kind") is None] == [1, 2, 3, 4]
+
+
+def test_a_new_run_in_an_old_directory_starts_a_new_history(tmp_path):
+    out = tmp_path / "run"
+    common = TINY + ["train.eval_every=0", "train.save_every=2", f"train.output_dir={out}"]
+    assert run(common + ["train.max_steps=4"], tmp_path).returncode == 0
+    proc = run(common + ["train.max_steps=2"], tmp_path)  # no --resume: a fresh run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "starting a new run" in proc.stdout
+    assert [r["step"] for r in records(out) if r.get("kind") is None] == [1, 2]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000002"]

@@ -11,6 +11,7 @@ import importlib
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,17 @@ def make_accelerator(train: TrainConfig):
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         kwargs_handlers=handlers,
     )
+
+
+def start_fresh(run_dir: Path) -> None:
+    """A run that does not resume starts a new history: an old metrics.jsonl and old checkpoints in the same
+    directory would otherwise mix two runs (and `--resume latest` could later pick the old run's state)."""
+    stale = [p for p in (run_dir / "metrics.jsonl", run_dir / "checkpoints") if p.exists()]
+    if stale:
+        print(f"starting a new run in {run_dir}: replacing {', '.join(p.name for p in stale)} of the previous run "
+              f"(use --resume latest to continue it instead)")
+    for path in stale:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def checkpoint_filters(accelerator, trainable_only: Callable[[str], bool] | None) -> tuple[dict, dict]:
@@ -103,12 +115,15 @@ def train_loop(
     vision tower and LM are never copied into a checkpoint; they are reloaded from their sources)."""
     run_dir = Path(run_dir)
     main = accelerator.is_main_process
-    logger = MetricsLogger(run_dir, enabled=main)
     accelerator.register_for_checkpointing(scheduler)
     save_kwargs, load_kwargs = checkpoint_filters(accelerator, trainable_only)
 
     state = LoopState()
     ckpt = resolve_resume(run_dir, resume)
+    if ckpt is None and main:
+        start_fresh(run_dir)
+    accelerator.wait_for_everyone()
+    logger = MetricsLogger(run_dir, enabled=main)
     if ckpt is not None:
         saved = load_checkpoint(accelerator, ckpt, **load_kwargs)
         state = LoopState(saved["step"], saved["epoch"], saved["batches_into_epoch"])
