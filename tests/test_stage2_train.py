@@ -109,15 +109,26 @@ def test_plain_run_then_caption_from_the_run_dir(tmp_path, stage1_dir):
 
 
 @pytest.mark.parametrize("zero", [2, 3])
-def test_deepspeed_zero_runs_on_cpu(tmp_path, stage1_dir, zero):
-    out = tmp_path / f"zero{zero}"
+def test_deepspeed_zero_runs_and_resumes_exactly_on_cpu(tmp_path, stage1_dir, zero):
+    from safetensors.torch import load_file
+
     accelerate = str(Path(sys.executable).with_name("accelerate"))
-    proc = run(TINY + [f"vision_checkpoint={stage1_dir}", f"train.output_dir={out}", "train.max_steps=3",
-                       "train.eval_every=0", "train.save_every=3"], tmp_path,
-               launcher=[accelerate, "launch", "--config_file", f"configs/accelerate/deepspeed_zero{zero}.yaml"])
+    launcher = [accelerate, "launch", "--config_file", f"configs/accelerate/deepspeed_zero{zero}.yaml"]
+    common = TINY + [f"vision_checkpoint={stage1_dir}", "train.max_steps=4", "train.eval_every=0",
+                     "train.save_every=2", "train.keep_checkpoints=3"]
+    out = tmp_path / f"zero{zero}"
+    proc = run(common + [f"train.output_dir={out}"], tmp_path, launcher=launcher)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "DeepSpeed" in proc.stdout
-    check_run_dir(out, 3)
+    check_run_dir(out, 4)
+    # Resume from the step-2 checkpoint (saved without the frozen parameters) into a new run directory.
+    again = tmp_path / f"zero{zero}_resumed"
+    proc = run(common + [f"train.output_dir={again}", "--resume", str(out / "checkpoints" / "step_00000002")],
+               tmp_path, launcher=launcher)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "resumed from" in proc.stdout
+    a, b = load_file(out / "trainable.safetensors"), load_file(again / "trainable.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_resume_keeps_only_trainable_weights_and_continues_exactly(tmp_path, stage1_dir):
