@@ -36,6 +36,16 @@ class MissingStage1Error(FileNotFoundError):
     pass
 
 
+def stage1_config_file(vision_checkpoint: str) -> Path:
+    """The stage-1 run's config.json, or a clear error telling the user to run stage 1 first."""
+    path = Path(vision_checkpoint, "config.json")
+    if not path.is_file():
+        raise MissingStage1Error(
+            f"no stage-1 model in {vision_checkpoint}/ — run stage 1 first: accelerate launch "
+            f"stage1_pretrain/train.py (or set vision_checkpoint=PATH to a stage-1 run directory)")
+    return path
+
+
 def resolve_lm(cfg: Stage2Config, train_captions: list[list[str]], val_captions: list[list[str]]) -> str:
     """The configured LM directory, or the caption-pretrained stand-in (trained once, then cached)."""
     if cfg.lm.path:
@@ -52,15 +62,10 @@ def resolve_lm(cfg: Stage2Config, train_captions: list[list[str]], val_captions:
 
 def build_model(cfg: Stage2Config, lm_path: str) -> SparkFlamingo:
     vision_dir = Path(cfg.vision_checkpoint)
-    if not (vision_dir / "config.json").is_file():
-        raise MissingStage1Error(
-            f"no stage-1 model in {vision_dir}/ — run stage 1 first: accelerate launch stage1_pretrain/train.py "
-            f"(or set vision_checkpoint=PATH to a stage-1 run directory)")
-    from ..models import SparkConfig
-
+    vision_width = json.loads(stage1_config_file(cfg.vision_checkpoint).read_text())["vision_width"]
     m = cfg.model
     config = FlamingoConfig(
-        vision_width=SparkConfig.from_pretrained(vision_dir).vision_width, num_latents=m.num_latents,
+        vision_width=vision_width, num_latents=m.num_latents,
         resampler_depth=m.resampler_depth, resampler_heads=m.resampler_heads, resampler_dim_head=m.resampler_dim_head,
         cross_attn_every_n_layers=m.cross_attn_every_n_layers, xattn_heads=m.xattn_heads,
         xattn_dim_head=m.xattn_dim_head, ff_mult=m.ff_mult, lora=m.lora, lora_r=m.lora_r, lora_alpha=m.lora_alpha,
@@ -172,12 +177,7 @@ def train_stage2(cfg: Stage2Config, resume: str | None = None) -> dict:
     run_dir = Path(cfg.train.output_dir)
     d = cfg.data
     with accelerator.main_process_first():
-        vision_cfg = Path(cfg.vision_checkpoint, "config.json")
-        if not vision_cfg.is_file():
-            raise MissingStage1Error(
-                f"no stage-1 model in {cfg.vision_checkpoint}/ — run stage 1 first: accelerate launch "
-                f"stage1_pretrain/train.py (or set vision_checkpoint=PATH to a stage-1 run directory)")
-        image_size = json.loads(vision_cfg.read_text())["image_size"]
+        image_size = json.loads(stage1_config_file(cfg.vision_checkpoint).read_text())["image_size"]
         train_arrays = scene_arrays("train", d.num_train, image_size, d.min_objects, d.max_objects, d.seed, d.cache_dir)
         if d.object_questions:  # optional yes/no question text, so POPE-style probing has something to measure
             shapes = scene_shapes("train", d.num_train, image_size, d.min_objects, d.max_objects, d.seed, d.cache_dir)
