@@ -62,3 +62,21 @@ class TrainConfig:
               f"must be > 0 or null, got {self.peak_tflops}")
         check(self.time_limit_minutes is None or self.time_limit_minutes > 0, f"{prefix}time_limit_minutes",
               f"must be > 0 or null, got {self.time_limit_minutes}")
+
+
+@dataclass
+class SceneDataFields:
+    """The built-in scenes' settings, shared by both stages' data sections (equal values reuse one cache)."""
+
+    num_train: int = 30000  # training images (5 captions each)
+    num_val: int = 500  # held-out images
+    min_objects: int = 1
+    max_objects: int = 6
+    seed: int = 0
+    cache_dir: str | None = None  # null = ~/.cache/spark_vlm/scenes
+
+    def check_scene_fields(self, prefix: str, min_val: int) -> None:
+        check(self.num_train > 0, f"{prefix}num_train", f"must be > 0, got {self.num_train}")
+        check(self.num_val >= min_val, f"{prefix}num_val", f"must be >= {min_val}, got {self.num_val}")
+        check(1 <= self.min_objects <= self.max_objects <= 6, f"{prefix}max_objects",
+              f"need 1 <= min_objects <= max_objects <= 6, got {self.min_objects}, {self.max_objects}")

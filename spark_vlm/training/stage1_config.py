@@ -8,7 +8,7 @@ from typing import Literal
 
 from ..models.dual_encoder import PRESETS
 from .config import check
-from .sections import OptimConfig, TrainConfig
+from .sections import OptimConfig, SceneDataFields, TrainConfig
 
 
 @dataclass
@@ -45,14 +45,8 @@ class ModelConfig:
 
 
 @dataclass
-class DataConfig:
+class DataConfig(SceneDataFields):
     kind: Literal["scenes", "coco", "karpathy", "imagefolder", "webdataset"] = "scenes"
-    num_train: int = 30000  # scenes: training images (5 captions each)
-    num_val: int = 500  # held-out images for the periodic retrieval eval
-    min_objects: int = 1  # scenes only
-    max_objects: int = 6
-    seed: int = 0
-    cache_dir: str | None = None  # scenes cache; null = ~/.cache/spark_vlm/scenes
     # Real data (read from local paths, offline); see spark_vlm/data/stage1_data.py:
     train_path: str | None = None  # coco/karpathy JSON, imagefolder root, or webdataset shard spec
     train_images: str | None = None  # image folder for coco/karpathy
@@ -63,10 +57,7 @@ class DataConfig:
     vocab_size: int = 1000  # for the trained SentencePiece model (an upper bound on tiny corpora)
 
     def validate(self, prefix: str) -> None:
-        check(self.num_train > 0, f"{prefix}num_train", f"must be > 0, got {self.num_train}")
-        check(self.num_val > 1, f"{prefix}num_val", f"must be > 1, got {self.num_val}")
-        check(1 <= self.min_objects <= self.max_objects <= 6, f"{prefix}max_objects",
-              f"need 1 <= min_objects <= max_objects <= 6, got {self.min_objects}, {self.max_objects}")
+        self.check_scene_fields(prefix, min_val=2)  # retrieval needs at least 2 held-out images
         check(self.vocab_size >= 16, f"{prefix}vocab_size", f"must be >= 16, got {self.vocab_size}")
         if self.kind == "scenes":
             return
@@ -97,4 +88,3 @@ class Stage1Config:
         check(self.lambda_fine >= 0, "lambda_fine", f"must be >= 0, got {self.lambda_fine}")
         check(self.lambda_global + self.lambda_fine > 0, "lambda_fine", "lambda_global and lambda_fine are both 0")
         check(self.train.batch_size > 1, "train.batch_size", "contrastive losses need a batch of at least 2")
-        check(self.data.num_val >= 2, "data.num_val", "need at least 2 held-out images")

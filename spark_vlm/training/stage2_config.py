@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from .config import check
-from .sections import OptimConfig, TrainConfig
+from .sections import OptimConfig, SceneDataFields, TrainConfig
 
 
 @dataclass
@@ -57,22 +57,13 @@ class LMConfig:
 
 
 @dataclass
-class Stage2DataConfig:
+class Stage2DataConfig(SceneDataFields):  # the same values as stage 1 reuse its scene cache
     kind: Literal["scenes"] = "scenes"
-    num_train: int = 30000  # the same seed and sizes as stage 1 reuse its scene cache
-    num_val: int = 500
-    min_objects: int = 1
-    max_objects: int = 6
-    seed: int = 0
-    cache_dir: str | None = None
     max_text_len: int = 48  # LM tokens per training sequence, <image> and <|endofchunk|> included
     object_questions: int = 0  # >0: add this many yes/no object questions per image to the training text
 
     def validate(self, prefix: str) -> None:
-        check(self.num_train > 0, f"{prefix}num_train", f"must be > 0, got {self.num_train}")
-        check(self.num_val > 0, f"{prefix}num_val", f"must be > 0, got {self.num_val}")
-        check(1 <= self.min_objects <= self.max_objects <= 6, f"{prefix}max_objects",
-              f"need 1 <= min_objects <= max_objects <= 6, got {self.min_objects}, {self.max_objects}")
+        self.check_scene_fields(prefix, min_val=1)
         check(self.max_text_len >= 4, f"{prefix}max_text_len", f"must be >= 4, got {self.max_text_len}")
         check(self.object_questions >= 0, f"{prefix}object_questions", f"must be >= 0, got {self.object_questions}")
 
