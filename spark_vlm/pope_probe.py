@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from .data.pairs import to_pixel_values
 from .data.prompts import END_OF_CHUNK, IMAGE_TOKEN
+from .data.text import object_question
 
 
 def qa_text(question: str, answer: str | None) -> str:
@@ -40,8 +41,7 @@ def choose_shots(questions: list[dict], gt_objects: dict, all_categories: list[s
             if not pool:
                 continue
             obj = rng.choice(pool)
-            article = "an" if obj[:1] in "aeiou" else "a"
-            examples.append((other, f"Is there {article} {obj} in the image?", "yes" if want_yes else "no"))
+            examples.append((other, object_question(obj), "yes" if want_yes else "no"))
         chosen.append(examples)
     return chosen
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from .pairs import scenes_to_arrays
 from .scenes import SceneConfig, SceneDataset
+from .text import object_question
 from .tokenizer import DEFAULT_CACHE
 
 
@@ -39,7 +40,6 @@ def add_object_questions(captions: list[list[str]], shapes: list[set[str]], per_
             if not pool:
                 continue
             obj = rng.choice(pool)
-            article = "an" if obj[0] in "aeiou" else "a"
-            extra.append(f"Question: Is there {article} {obj} in the image? Answer: {answer}")
+            extra.append(f"Question: {object_question(obj)} Answer: {answer}")
         out.append(list(caps) + extra)
     return out

@@ -28,6 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from .scene_vocab import COLORS, PLURALS
+from .text import with_article
 
 PROBE_TYPES = ("count", "color_binding", "relation_swap", "absent_object")
 NUMBER_WORDS = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
@@ -46,15 +47,11 @@ def _plural(name: str) -> str:
     return name + ("es" if name.endswith(("s", "x", "ch", "sh")) else "s")
 
 
-def _article(phrase: str) -> str:
-    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
-
-
 def phrase(count: int, color: str | None, name: str, numeric: bool = False) -> str:
     """"two red circles"; a single object reads "a red circle" unless `numeric` ("one red circle")."""
     noun = name if count == 1 else _plural(name)
     core = f"{color} {noun}" if color else noun
-    return _article(core) if count == 1 and not numeric else f"{NUMBER_WORDS[count - 1]} {core}"
+    return with_article(core) if count == 1 and not numeric else f"{NUMBER_WORDS[count - 1]} {core}"
 
 
 # ------------------------------------------------------------------------------------------ objects

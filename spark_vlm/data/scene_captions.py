@@ -3,6 +3,7 @@
 clear margin, enumerations, and partial captions), with shape/size synonyms sometimes."""
 
 from spark_vlm.data.scene_vocab import COLORS, NUMBER_WORDS, PLURALS, SHAPE_SYNONYMS, SIZE_SYNONYMS, SIZES
+from spark_vlm.data.text import with_article
 
 _BG_WORDS = {"solid": ["plain", "flat"], "gradient": ["gradient", "shaded"],
              "noise": ["textured", "mottled"]}
@@ -13,10 +14,6 @@ def _pick(rng, words: list[str], p_other: float) -> str:
     if len(words) > 1 and rng.random() < p_other:
         return words[1 + rng.integers(len(words) - 1)]
     return words[0]
-
-
-def _a(phrase: str) -> str:
-    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
 def _join(parts: list[str]) -> str:
@@ -46,7 +43,7 @@ def make_captions(objects: list[dict], bg_kind: str, config, rng) -> list[str]:
     def describe(i):                                   # "a small red circle" (unique referent)
         o, need = objects[i], size_need(i)
         size = _pick(rng, SIZE_SYNONYMS[o["size"]], p_syn) + " " if need or rng.random() < 0.35 else ""
-        return _a(f"{size}{o['color']} {shape_word(o['shape'])}")
+        return with_article(f"{size}{o['color']} {shape_word(o['shape'])}")
 
     def group_phrase(key, numeric=False):              # "two red circles" / "a red circle"
         g = groups[key]
@@ -97,7 +94,7 @@ def make_captions(objects: list[dict], bg_kind: str, config, rng) -> list[str]:
         parts = [group_phrase(keys[j]) for j in rng.permutation(len(keys))[:k]]
         phrase = _join(parts)
         bg = choice(_BG_WORDS[bg_kind])
-        return choice([phrase, f"a picture of {phrase}", f"{phrase} on {_a(bg)} background"])
+        return choice([phrase, f"a picture of {phrase}", f"{phrase} on {with_article(bg)} background"])
 
     def colors():
         cs = [c for c in COLORS if any(o["color"] == c for o in objects)]

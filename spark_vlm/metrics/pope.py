@@ -23,12 +23,9 @@ import random
 from collections import Counter
 from typing import Hashable, Iterable, Mapping, Sequence
 
+from ..data.text import object_question
+
 SETTINGS = ("random", "popular", "adversarial")
-
-
-def _question(obj: str) -> str:
-    article = "an" if obj[:1].lower() in "aeiou" else "a"
-    return f"Is there {article} {obj} in the image?"
 
 
 def object_statistics(gt_objects: Mapping[Hashable, set[str]]) -> tuple[Counter, dict[str, Counter]]:
@@ -96,7 +93,7 @@ def sample_pope_questions(gt_objects: Mapping[Hashable, set[str]],
         ordered += pairs[len(pairs_neg):] + pairs_neg[len(pairs):]
         for obj, label in ordered:
             questions.append({"image_id": image_id, "object": obj, "label": label,
-                              "question": _question(obj)})
+                              "question": object_question(obj)})
     return questions
 
 

@@ -1,0 +1,13 @@
+"""English text helpers shared by the caption generator, the probes, the stage-2 question text and POPE, so
+that training text and evaluation text are written by one rule."""
+from __future__ import annotations
+
+
+def with_article(phrase: str) -> str:
+    """"a red circle", "an orange star" (the vowel-letter rule; every word of our vocabularies follows it)."""
+    return ("an " if phrase[:1].lower() in "aeiou" else "a ") + phrase
+
+
+def object_question(name: str) -> str:
+    """The POPE question about one object: "Is there a star in the image?" (training text and probing agree)."""
+    return f"Is there {with_article(name)} in the image?"
