@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import os
 import socket
-import time
 
 import pytest
 import torch
@@ -522,16 +521,13 @@ def test_sparc_memory_no_BxBxLxP_tensor():
                     self.max_numel, self.max_shape = o.numel(), tuple(o.shape)
             return out
 
-    t0 = time.perf_counter()
     mode = MaxNumel()
     with mode:
         loss = sparc_fine_grained_loss(patches, tokens, mask, 10.0)
         loss.backward()
-    elapsed = time.perf_counter() - t0
     assert torch.isfinite(loss)
     bound = 4 * B * L * (P + L + D)  # O(B * L * (P + L + D)); B*B*L*P would be 37x larger, B*L*P*D 4.6x
     assert mode.max_numel <= bound, f"largest intermediate {mode.max_shape} ({mode.max_numel} elements)"
-    assert elapsed < 10.0, f"fine-grained loss took {elapsed:.1f}s at B={B}"
 
 
 # ============================================================================================ 4. distributed
