@@ -108,7 +108,8 @@ def test_stage2_validation_names_the_key():
     for override, key in ((["model.num_latents=0"], "model.num_latents: must be > 0"),
                           (["lm.standin.arch=rnn"], "lm.standin.arch: must be one of"),
                           (["lm.standin.heads=3"], "lm.standin.heads: 3 does not divide width 128"),
-                          (["data.max_text_len=2"], "data.max_text_len: must be >= 4")):
+                          (["data.max_text_len=2"], "data.max_text_len: must be >= 4"),
+                          (["lm.path=/nowhere"], "lm.path: no Hugging Face model directory")):
         with pytest.raises(ConfigError, match=key):
             load_config(Stage2Config, None, override)
 

@@ -3,6 +3,7 @@ the tiny CPU run that `accelerate launch stage2_vlm/train.py` performs with no a
 from __future__ import annotations
 
 from dataclasses import dataclass, field, make_dataclass
+from pathlib import Path
 from typing import Literal
 
 from ..models.flamingo import FlamingoConfig
@@ -34,6 +35,10 @@ class FlamingoModelConfig(_FlamingoKwargs):
 class LMConfig:
     path: str | None = None  # a local Hugging Face causal-LM directory (GPT-2, Llama, OPT, ...); null = stand-in
     standin: StandinLM = field(default_factory=StandinLM)  # pretrained on the training captions when no path (cached)
+
+    def validate(self, prefix: str) -> None:
+        check(self.path is None or Path(self.path, "config.json").is_file(), f"{prefix}path",
+              f"no Hugging Face model directory (config.json) at {self.path}")
 
 
 @dataclass
