@@ -41,7 +41,7 @@ def one_config(preset: str, loss: str, batch_size: int, steps: int, precision: s
     """Runs inside the subprocess: build the model, time `steps` training steps, measure peak memory."""
     import torch
 
-    from spark_vlm.losses import clip_loss, filip_loss, spark_loss
+    from spark_vlm.losses import clip_loss, filip_loss, sparc_loss
     from spark_vlm.models import SparkConfig, SparkModel
 
     torch.manual_seed(0)
@@ -62,7 +62,7 @@ def one_config(preset: str, loss: str, batch_size: int, steps: int, precision: s
             elif loss == "filip":
                 value = filip_loss(out.patch_embeds, out.token_embeds, out.token_mask, out.logit_scale)
             else:
-                value = spark_loss(out.image_embeds, out.text_embeds, out.patch_embeds, out.token_embeds,
+                value = sparc_loss(out.image_embeds, out.text_embeds, out.patch_embeds, out.token_embeds,
                                    out.token_mask, out.logit_scale)["loss"]
         value.backward()
         opt.step()

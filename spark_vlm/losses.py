@@ -24,7 +24,7 @@ __all__ = [
     "filip_loss",
     "sparc_alignment",
     "sparc_fine_grained_loss",
-    "spark_loss",
+    "sparc_loss",
     "gather_with_grad",
 ]
 
@@ -204,7 +204,7 @@ def sparc_fine_grained_loss(
 
 
 # --------------------------------------------------------------------------------------------- total
-def spark_loss(
+def sparc_loss(
     image_embeds: torch.Tensor,
     text_embeds: torch.Tensor,
     patch_embeds: torch.Tensor,

@@ -7,8 +7,8 @@
 import sys
 
 from spark_vlm.training.cli import run_cli
-from spark_vlm.training.stage1 import train_stage1
+from spark_vlm.training.stage1 import build_stage1
 from spark_vlm.training.stage1_config import Stage1Config
 
 if __name__ == "__main__":
-    sys.exit(run_cli(Stage1Config, train_stage1, __doc__))
+    sys.exit(run_cli(Stage1Config, build_stage1, __doc__))

@@ -8,8 +8,8 @@
 import sys
 
 from spark_vlm.training.cli import run_cli
-from spark_vlm.training.stage2 import MissingStage1Error, train_stage2
+from spark_vlm.training.stage2 import build_stage2
 from spark_vlm.training.stage2_config import Stage2Config
 
 if __name__ == "__main__":
-    sys.exit(run_cli(Stage2Config, train_stage2, __doc__, expected_errors=(MissingStage1Error,)))
+    sys.exit(run_cli(Stage2Config, build_stage2, __doc__))

@@ -23,7 +23,7 @@ def test_overrides_apply_with_types():
     cfg = load_config(Stage1Config, None, ["loss=clip", "train.batch_size=64", "optim.lr=3e-4",
                                            "model.vision_layers=2", "train.peak_tflops=null"])
     assert cfg.loss == "clip" and cfg.train.batch_size == 64 and cfg.optim.lr == pytest.approx(3e-4)
-    assert cfg.model.resolved()["vision_layers"] == 2 and cfg.train.peak_tflops is None
+    assert cfg.model.spark_config().vision_layers == 2 and cfg.train.peak_tflops is None
     assert isinstance(load_config(Stage1Config, None, ["optim.lr=1"]).optim.lr, float)
 
 
@@ -40,6 +40,9 @@ def test_overrides_apply_with_types():
     (["train.grad_checkpointing=maybe"], "train.grad_checkpointing: expected true/false"),
     (["optim.betas=[0.9]"], "optim.betas"),
     (["batch_size"], "not of the form key=value"),
+    (["train=3"], "train: is a section, not a value"),
+    (["train.peak_tflops=fast"], "train.peak_tflops: expected a number or null"),
+    (["model.mlp_ratio=0"], "model.mlp_ratio: must be > 0"),
 ])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError) as err:
@@ -63,6 +66,34 @@ def test_bad_files(tmp_path):
     sci = tmp_path / "sci.yaml"
     sci.write_text("optim:\n  lr: 1e-3\n")
     assert load_config(Stage1Config, sci).optim.lr == pytest.approx(1e-3)
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("train:\n  max_steps: 10\n  max_steps: 20\n")
+    with pytest.raises(ConfigError, match="not valid YAML.*duplicate key max_steps") as err:
+        load_config(Stage1Config, twice)
+    assert "\n" not in str(err.value)
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("train:\n  output_dir: runs/caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(Stage1Config, latin1)
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(Stage1Config, listed)
+
+
+def test_model_section_is_the_hf_config_kwargs():
+    # One definition per setting: the stage-1 model section is `preset` + SparkConfig's keyword arguments (the
+    # preset's values where not set), stage 2's is FlamingoConfig's with FlamingoConfig's defaults.
+    from spark_vlm.models import PRESETS, SparkConfig
+    from spark_vlm.models.flamingo import FlamingoConfig
+    from spark_vlm.training.stage2_config import Stage2Config
+
+    small = load_config(Stage1Config, None, ["model.preset=small", "model.mlp_ratio=2.0"]).model.spark_config()
+    assert small.to_dict() == SparkConfig(**{**PRESETS["small"], "mlp_ratio": 2.0}).to_dict()
+    assert Stage1Config().model.spark_config().to_dict() == SparkConfig().to_dict()
+    stage2 = load_config(Stage2Config, None, ["model.resampler_depth=3"]).model.flamingo_config(vision_width=32)
+    assert stage2.to_dict() == FlamingoConfig(vision_width=32, resampler_depth=3).to_dict()
+    assert Stage2Config().model.flamingo_config(128).to_dict() == FlamingoConfig().to_dict()
 
 
 def test_stage2_tiny_yaml_equals_the_defaults():
@@ -75,9 +106,10 @@ def test_stage2_validation_names_the_key():
     from spark_vlm.training.stage2_config import Stage2Config
 
     for override, key in ((["model.num_latents=0"], "model.num_latents: must be > 0"),
-                          (["lm.standin_arch=rnn"], "lm.standin_arch: must be one of"),
-                          (["lm.standin_heads=3"], "lm.standin_heads: 3 does not divide standin_width 128"),
-                          (["data.max_text_len=2"], "data.max_text_len: must be >= 4")):
+                          (["lm.standin.arch=rnn"], "lm.standin.arch: must be one of"),
+                          (["lm.standin.heads=3"], "lm.standin.heads: 3 does not divide width 128"),
+                          (["data.max_text_len=2"], "data.max_text_len: must be >= 4"),
+                          (["lm.path=/nowhere"], "lm.path: no Hugging Face model directory")):
         with pytest.raises(ConfigError, match=key):
             load_config(Stage2Config, None, override)
 

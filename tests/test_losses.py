@@ -25,7 +25,7 @@ from spark_vlm.losses import (
     gather_with_grad,
     sparc_alignment,
     sparc_fine_grained_loss,
-    spark_loss,
+    sparc_loss,
 )
 
 F64 = torch.float64
@@ -284,14 +284,14 @@ def test_sparc_fine_loss_float_scale_equals_tensor_scale():
     torch.testing.assert_close(a, b)
 
 
-def test_spark_loss_combines_parts():
+def test_sparc_loss_combines_parts():
     img, txt, patches, tokens, mask = make_batch()
-    out = spark_loss(img, txt, patches, tokens, mask, 10.0)
+    out = sparc_loss(img, txt, patches, tokens, mask, 10.0)
     assert set(out) >= {"loss", "global_loss", "fine_loss"}
     torch.testing.assert_close(out["global_loss"].double(), clip_loss(img, txt, 10.0).double())
     torch.testing.assert_close(out["fine_loss"].double(), sparc_fine_grained_loss(patches, tokens, mask, 10.0).double())
     torch.testing.assert_close(out["loss"].double(), 0.5 * out["global_loss"].double() + out["fine_loss"].double())
-    out2 = spark_loss(img, txt, patches, tokens, mask, 10.0, lambda_global=0.25, lambda_fine=5.0)
+    out2 = sparc_loss(img, txt, patches, tokens, mask, 10.0, lambda_global=0.25, lambda_fine=5.0)
     torch.testing.assert_close(out2["loss"].double(), 0.25 * out["global_loss"].double() + 5.0 * out["fine_loss"].double())
     # and against the references
     torch.testing.assert_close(out["global_loss"].double(), ref_clip(img, txt, 10.0), rtol=1e-6, atol=1e-6)
@@ -562,7 +562,7 @@ def _dist_worker(rank: int, world: int, port: int, outdir: str, b: int):
             elif name == "filip":
                 loss = filip_loss(p, k, mask[sl], s)
             else:
-                loss = spark_loss(i, t, p, k, mask[sl], s)["loss"]
+                loss = sparc_loss(i, t, p, k, mask[sl], s)["loss"]
             loss.backward()
             gr = lambda x: torch.zeros_like(x) if x.grad is None else x.grad.detach()
             res[name] = {
@@ -611,7 +611,7 @@ def test_distributed_matches_single_process(dist_results, name):
     elif name == "filip":
         full = filip_loss(p, k, mask, s)
     else:
-        full = spark_loss(i, t, p, k, mask, s)["loss"]
+        full = sparc_loss(i, t, p, k, mask, s)["loss"]
     gi, gt, gp, gk, gs = grads_of(full, [i, t, p, k, s])
     tol = dict(rtol=1e-5, atol=1e-6)
     # loss value: mean of the ranks' local losses == single-process full-batch loss

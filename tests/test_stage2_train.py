@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import torch
 
 from spark_vlm.data.prompts import FlamingoPrompts
 from spark_vlm.models import SparkConfig, SparkModel
-from spark_vlm.training.standin_lm import pretrain_standin_lm, train_bpe_tokenizer
+from spark_vlm.training.standin_lm import StandinLM, pretrain_standin_lm, train_bpe_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = str(REPO / "stage2_vlm" / "train.py")
@@ -29,11 +30,12 @@ def stage1_dir(tmp_path_factory):
     return path
 
 
-TINY = ["data.num_train=64", "data.num_val=16", "data.max_text_len=40", "lm.standin_width=32",
-        "lm.standin_layers=2", "lm.standin_heads=2", "lm.standin_steps=10", "lm.standin_vocab_size=300",
+TINY = ["data.num_train=64", "data.num_val=16", "data.max_text_len=40", "lm.standin.width=32",
+        "lm.standin.layers=2", "lm.standin.heads=2", "lm.standin.steps=10", "lm.standin.vocab_size=300",
         "model.num_latents=4", "model.resampler_depth=1", "model.resampler_heads=2", "model.resampler_dim_head=8",
         "model.xattn_heads=2", "model.xattn_dim_head=8", "train.batch_size=8", "train.log_every=1",
-        "optim.warmup_steps=2"]
+        "optim.warmup_steps=2",
+        "train.peak_tflops=1"]  # no peak measurement: a 2048² bf16 matmul takes minutes on CPUs without bf16 units
 
 
 def run(args, tmp_path, launcher=None):
@@ -60,14 +62,14 @@ def test_prompt_labels_score_only_the_caption_and_its_end():
 def test_standin_lm_is_cached_and_loadable(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    kw = dict(cache_dir=tmp_path, width=32, layers=1, heads=2, steps=5, vocab_size=200)
-    path = pretrain_standin_lm(CAPTIONS, CAPTIONS[:6], **kw)
-    assert pretrain_standin_lm(CAPTIONS, CAPTIONS[:6], **kw) == path  # second call: from the cache
+    settings = StandinLM(width=32, layers=1, heads=2, steps=5, vocab_size=200)
+    path = pretrain_standin_lm(CAPTIONS, CAPTIONS[:6], tmp_path, settings)
+    assert pretrain_standin_lm(CAPTIONS, CAPTIONS[:6], tmp_path, settings) == path  # second call: from the cache
     assert json.loads((path / "standin_lm.json").read_text())["val_caption_loss"] > 0
     lm = AutoModelForCausalLM.from_pretrained(path)
     tok = AutoTokenizer.from_pretrained(path)
     assert lm.config.vocab_size == len(tok) and tok.pad_token is not None
-    llama = pretrain_standin_lm(CAPTIONS, CAPTIONS[:6], **{**kw, "steps": 3}, arch="llama")
+    llama = pretrain_standin_lm(CAPTIONS, CAPTIONS[:6], tmp_path, replace(settings, steps=3, arch="llama"))
     assert AutoModelForCausalLM.from_pretrained(llama).config.model_type == "llama"
 
 

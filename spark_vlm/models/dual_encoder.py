@@ -25,10 +25,11 @@ try:
 except ImportError:  # pragma: no cover
     hf_init = nn.init
 
-# Size presets. "base" is the paper's ViT-B/16 with a 12-layer, 512-wide text encoder.
+# Size presets: what each changes from the SparkConfig defaults, which are the tiny CPU model (ViT 64px/8,
+# 4 layers x 128; text 4 layers x 128; embed 128). "base" is the paper's ViT-B/16 with a 12-layer, 512-wide text
+# encoder and 55 text tokens.
 PRESETS = {
-    "tiny": dict(image_size=64, patch_size=8, vision_width=128, vision_layers=4, vision_heads=4,
-                 text_width=128, text_layers=4, text_heads=4, embed_dim=128, max_text_len=32),
+    "tiny": dict(),
     "small": dict(image_size=128, patch_size=16, vision_width=384, vision_layers=8, vision_heads=6,
                   text_width=384, text_layers=8, text_heads=6, embed_dim=256, max_text_len=40),
     "base": dict(image_size=224, patch_size=16, vision_width=768, vision_layers=12, vision_heads=12,
@@ -43,14 +44,14 @@ class SparkConfig(PretrainedConfig):
         self,
         image_size: int = 64,
         patch_size: int = 8,
-        vision_width: int = 192,
+        vision_width: int = 128,
         vision_layers: int = 4,
-        vision_heads: int = 3,
+        vision_heads: int = 4,
         vocab_size: int = 1000,
         max_text_len: int = 32,
-        text_width: int = 192,
+        text_width: int = 128,
         text_layers: int = 4,
-        text_heads: int = 3,
+        text_heads: int = 4,
         mlp_ratio: float = 4.0,
         embed_dim: int = 128,
         init_logit_scale: float = 1 / 0.07,

@@ -34,22 +34,23 @@ from .perceiver import PerceiverResampler
 
 
 class FlamingoConfig(PretrainedConfig):
-    """Hyper-parameters of the trainable stage-2 parts (the frozen backbones bring their own configs)."""
+    """Hyper-parameters of the trainable stage-2 parts (the frozen backbones bring their own configs). The defaults
+    are the tiny CPU run; stage 2's `model` config section is these keyword arguments."""
 
     model_type = "spark_flamingo"
 
     def __init__(
         self,
-        vision_width: int = 192,  # must equal the SparkModel's vision_width
-        num_latents: int = 64,
-        resampler_depth: int = 6,
-        resampler_heads: int = 8,
-        resampler_dim_head: int = 64,
+        vision_width: int = 128,  # must equal the SparkModel's vision_width (stage 2 reads it from stage 1)
+        num_latents: int = 64,  # perceiver resampler latents
+        resampler_depth: int = 2,
+        resampler_heads: int = 4,
+        resampler_dim_head: int = 32,
         cross_attn_every_n_layers: int = 1,  # a xattn block before decoder layers N-1, 2N-1, ... (open_flamingo)
-        xattn_heads: int = 8,
-        xattn_dim_head: int = 64,
-        ff_mult: float = 4.0,
-        lora: bool = False,
+        xattn_heads: int = 4,
+        xattn_dim_head: int = 32,
+        ff_mult: float = 2.0,
+        lora: bool = False,  # LoRA adapters on the LM through peft (off, as in Flamingo)
         lora_r: int = 8,
         lora_alpha: int = 16,
         lora_dropout: float = 0.05,

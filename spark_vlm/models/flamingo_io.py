@@ -82,8 +82,13 @@ def save_trainable(model: "SparkFlamingo", out_dir: str, manifest: dict | None =
             raise BackboneMismatchError(f"manifest says the frozen {part} has sha256 {entry['sha256']}, but this "
                                         f"model's {part} hashes to {actual[part]['sha256']}")
         manifest[part] = entry
+    return write_trainable(model.trainable_state_dict(), manifest, out_dir)
+
+
+def write_trainable(state: Mapping[str, torch.Tensor], manifest: dict, out_dir: str) -> str:
+    """The one writer of the two files (also used by stage 2 on weights gathered from every rank)."""
     os.makedirs(out_dir, exist_ok=True)
-    state = {name: t.detach().cpu().contiguous() for name, t in model.trainable_state_dict().items()}
+    state = {name: t.detach().cpu().contiguous() for name, t in state.items()}
     save_file(state, os.path.join(out_dir, WEIGHTS_NAME), metadata={"format": FORMAT})
     with open(os.path.join(out_dir, MANIFEST_NAME), "w") as f:
         json.dump(manifest, f, indent=2, sort_keys=True)

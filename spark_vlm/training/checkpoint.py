@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import Callable
 
 STATE_FILE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -72,3 +73,39 @@ def load_checkpoint(accelerator, path: str | Path, **load_kwargs) -> dict:
     """Restore the full training state; returns the trainer state (step, epoch, ...)."""
     accelerator.load_state(str(path), **load_kwargs)
     return json.loads((Path(path) / STATE_FILE).read_text())
+
+
+def start_fresh(run_dir: Path) -> None:
+    """A run that does not resume starts a new history: an old metrics.jsonl and old checkpoints in the same
+    directory would otherwise mix two runs (and `--resume latest` could later pick the old run's state)."""
+    stale = [p for p in (run_dir / "metrics.jsonl", checkpoint_dir(run_dir)) if p.exists()]
+    if stale:
+        print(f"starting a new run in {run_dir}: replacing {', '.join(p.name for p in stale)} of the previous run "
+              f"(use --resume latest to continue it instead)")
+    for path in stale:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def checkpoint_filters(accelerator, trainable_only: Callable[[str], bool] | None) -> tuple[dict, dict]:
+    """Make `save_state` keep only the parameters `trainable_only` accepts (stage 2: the frozen vision tower and
+    LM are never copied into a checkpoint; they are reloaded from their sources). Returns the matching
+    `save_state` / `load_state` keyword arguments."""
+    if trainable_only is None:
+        return {}, {}
+    if accelerator.state.deepspeed_plugin is not None:
+        return {"exclude_frozen_parameters": True}, {"load_module_strict": False}
+
+    def keep_trainable(models, weights, output_dir):
+        for state in weights:
+            for key in [k for k in state if not trainable_only(plain_name(k))]:
+                del state[key]
+
+    accelerator.register_save_state_pre_hook(keep_trainable)
+    return {}, {"strict": False}  # the frozen keys are absent on purpose
+
+
+def plain_name(key: str) -> str:
+    """A parameter name without the DDP and torch.compile wrappers' prefixes."""
+    for prefix in ("module.", "_orig_mod."):
+        key = key.removeprefix(prefix)
+    return key

@@ -5,12 +5,13 @@ import argparse
 import sys
 
 from .config import ConfigError, load_config
+from .run import SetupError, train
 
 
-def run_cli(config_cls, train_fn, doc: str, argv=None, expected_errors: tuple = ()) -> int:
-    """Parse, validate the config before any work (one error line naming the key), then train."""
+def run_cli(config_cls, build_stage, doc: str, argv=None) -> int:
+    """Parse, validate the config before any work (one error line naming the key), then train the stage."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML experiment config (default: the built-in tiny config)")
+    parser.add_argument("--config", help="YAML experiment config: what differs from the defaults")
     parser.add_argument("--resume", help="'latest' or a checkpoint directory")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.batch_size=64")
     args = parser.parse_args(argv)
@@ -20,8 +21,8 @@ def run_cli(config_cls, train_fn, doc: str, argv=None, expected_errors: tuple = 
         print(f"config error: {e}", file=sys.stderr)
         return 2
     try:
-        train_fn(cfg, resume=args.resume)
-    except expected_errors as e:  # problems the user fixes with a command, not a traceback
+        train(cfg, build_stage, resume=args.resume)
+    except SetupError as e:  # problems the user fixes with a command, not a traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -1,89 +1,44 @@
-"""The optimisation loop both stages share: Accelerate set-up, the step loop with gradient accumulation,
-clipping, logging, periodic evaluation, atomic checkpoints and exact resume.
+"""The optimisation loop both stages share: gradient accumulation, clipping, logging, periodic evaluation,
+atomic checkpoints and exact resume.
 
-The stage-specific parts come in as two callables:
-  loss_fn(model, batch) -> dict with a scalar "loss" (plus any other scalars to log)
-  eval_fn(model, step)  -> dict of scalars (run on every process; ranks must agree on the result)
+One pass of `train_loop` reads top to bottom: for each batch of the epoch, a micro-step (forward, backward,
+optimiser step when the accumulation window closes); when a whole optimiser step is done, log it, then evaluate
+and save on their cadence. The stage-specific parts (loss, evaluation, export) come from `run.stage`.
 """
 from __future__ import annotations
 
-import importlib
-import json
 import math
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from .checkpoint import checkpoint_filters, load_checkpoint, resolve_resume, save_checkpoint, start_fresh
 from .run_logging import MetricsLogger
-from .sections import OptimConfig, TrainConfig
+from .sections import TrainConfig
 from .throughput import Throughput
 
-
-def make_accelerator(train: TrainConfig):
-    """An Accelerator that also works on CPU-only machines with several processes."""
-    from accelerate import Accelerator, DataLoaderConfiguration, InitProcessGroupKwargs
-
-    handlers = []
-    if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # Without CUDA, accelerate leaves the backend unset and each rank believes it is alone.
-        handlers.append(InitProcessGroupKwargs(backend="gloo"))
-    if not torch.cuda.is_available():
-        try:  # DeepSpeed would JIT-compile a shared-memory op (30-50 s) it does not need on CPU
-            importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
-        except Exception:  # deepspeed not installed or layout changed: the build just takes longer
-            pass
-    if not torch.cuda.is_available():
-        # `accelerate launch` sets OMP_NUM_THREADS=1 unless told otherwise, which halves a 2-core machine.
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        torch.set_num_threads(train.cpu_threads or max(1, len(os.sched_getaffinity(0)) // local))
-    return Accelerator(
-        mixed_precision="no" if train.precision == "fp32" else train.precision,
-        gradient_accumulation_steps=train.grad_accum_steps,
-        # The schedule is defined in optimiser steps; we step it ourselves once per real update.
-        step_scheduler_with_optimizer=False,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-        kwargs_handlers=handlers,
-    )
+if TYPE_CHECKING:
+    from .run import Stage
 
 
-def start_fresh(run_dir: Path) -> None:
-    """A run that does not resume starts a new history: an old metrics.jsonl and old checkpoints in the same
-    directory would otherwise mix two runs (and `--resume latest` could later pick the old run's state)."""
-    stale = [p for p in (run_dir / "metrics.jsonl", run_dir / "checkpoints") if p.exists()]
-    if stale:
-        print(f"starting a new run in {run_dir}: replacing {', '.join(p.name for p in stale)} of the previous run "
-              f"(use --resume latest to continue it instead)")
-    for path in stale:
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+@dataclass
+class Run:
+    """What the loop works on, built once by `run.train`."""
 
-
-def checkpoint_filters(accelerator, trainable_only: Callable[[str], bool] | None) -> tuple[dict, dict]:
-    """Make `save_state` keep only trainable weights; returns the matching save/load keyword arguments."""
-    if trainable_only is None:
-        return {}, {}
-    if accelerator.state.deepspeed_plugin is not None:
-        return {"exclude_frozen_parameters": True}, {"load_module_strict": False}
-
-    def keep_trainable(models, weights, output_dir):
-        for state in weights:
-            for key in [k for k in state if not trainable_only(_plain_name(k))]:
-                del state[key]
-
-    accelerator.register_save_state_pre_hook(keep_trainable)
-    return {}, {"strict": False}  # the frozen keys are absent on purpose
-
-
-def _plain_name(key: str) -> str:
-    for prefix in ("module.", "_orig_mod."):  # DDP and torch.compile wrappers
-        key = key.removeprefix(prefix)
-    return key
+    accelerator: object
+    model: torch.nn.Module  # prepared: DDP / DeepSpeed engine / compiled
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loader: torch.utils.data.DataLoader
+    stage: Stage
+    train: TrainConfig
+    grad_clip: float | None
+    run_dir: Path
+    throughput: Throughput
 
 
 @dataclass
@@ -93,123 +48,130 @@ class LoopState:
     batches_into_epoch: int = 0  # loader batches of the current epoch already consumed (for exact resume)
 
 
-def train_loop(
-    accelerator,
-    model,
-    optimizer,
-    scheduler,
-    loader,
-    loss_fn: Callable,
-    eval_fn: Callable | None,
-    train: TrainConfig,
-    optim: OptimConfig,
-    run_dir: str | Path,
-    throughput: Throughput,
-    resume: str | None = None,
-    on_save: Callable[[Path], None] | None = None,
-    trainable_only: Callable[[str], bool] | None = None,
-) -> tuple[LoopState, dict]:
-    """Run until `train.max_steps` optimiser steps (or the time limit). Returns the state and last eval.
-
-    `trainable_only(name)`: when given, checkpoints keep only the parameters it accepts (stage 2: the frozen
-    vision tower and LM are never copied into a checkpoint; they are reloaded from their sources)."""
-    run_dir = Path(run_dir)
-    main = accelerator.is_main_process
-    accelerator.register_for_checkpointing(scheduler)
-    save_kwargs, load_kwargs = checkpoint_filters(accelerator, trainable_only)
-
-    state = LoopState()
-    ckpt = resolve_resume(run_dir, resume)
-    if ckpt is None and main:
-        start_fresh(run_dir)
-    accelerator.wait_for_everyone()
-    logger = MetricsLogger(run_dir, enabled=main)
-    if ckpt is not None:
-        saved = load_checkpoint(accelerator, ckpt, **load_kwargs)
-        state = LoopState(saved["step"], saved["epoch"], saved["batches_into_epoch"])
-        accelerator.print(f"resumed from {ckpt} at step {state.step}")
-    elif resume not in (None, "latest"):
-        raise FileNotFoundError(f"--resume {resume}: nothing to resume")
-
-    def save() -> None:
-        path = save_checkpoint(accelerator, run_dir, state.step,
-                               {"epoch": state.epoch, "batches_into_epoch": state.batches_into_epoch},
-                               keep=train.keep_checkpoints, **save_kwargs)
-        if on_save is not None:
-            on_save(path)
-
-    def evaluate() -> dict:
-        model.eval()
-        with torch.no_grad(), accelerator.autocast():
-            result = eval_fn(accelerator.unwrap_model(model), state.step) if eval_fn else {}
-        model.train()
-        logger.log({"kind": "eval", **result}, state.step)
-        return result
-
+def train_loop(run: Run, resume: str | None = None) -> tuple[LoopState, dict]:
+    """Run until `train.max_steps` optimiser steps (or the time limit). Returns the state and the final eval."""
+    accelerator, train = run.accelerator, run.train
+    save_kwargs, load_kwargs = checkpoint_filters(accelerator, run.stage.trainable_only)
+    state = start_or_resume(run, resume, load_kwargs)
+    logger = MetricsLogger(run.run_dir, enabled=accelerator.is_main_process)
+    pbar = tqdm(total=train.max_steps, initial=state.step, disable=not accelerator.is_main_process, desc="train",
+                dynamic_ncols=True)
     started = time.time()
-    last_eval: dict = {}
-    pbar = tqdm(total=train.max_steps, initial=state.step, disable=not main, desc="train", dynamic_ncols=True)
-    micro_losses: list[dict] = []
-    model.train()
+    micro_losses: list[dict] = []  # the scalars of each micro-batch of the current optimiser step
+    run.model.train()
     done = state.step >= train.max_steps
     while not done:
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(state.epoch)  # seedable sampler: a different, reproducible order each epoch
-        if hasattr(getattr(loader, "dataset", None), "set_epoch"):
-            loader.dataset.set_epoch(state.epoch)  # e.g. which of an image's captions is used this epoch
-        batches = loader
-        if state.batches_into_epoch:
-            batches = accelerator.skip_first_batches(loader, state.batches_into_epoch)
-        for batch in batches:
-            with accelerator.accumulate(model):
-                out = loss_fn(model, batch)
-                accelerator.backward(out["loss"])
-                if accelerator.sync_gradients and optim.grad_clip:
-                    accelerator.clip_grad_norm_(model.parameters(), optim.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+        for batch in epoch_batches(run, state):
+            micro_losses.append(micro_step(run, batch))
             state.batches_into_epoch += 1
-            micro_losses.append({k: v.detach().float() for k, v in out.items() if torch.is_tensor(v) and v.ndim == 0})
-            throughput.update(batch_size_of(batch) * accelerator.num_processes)
+            run.throughput.update(batch_size_of(batch) * accelerator.num_processes)
             if not accelerator.sync_gradients:
                 continue
-
-            # ---- one optimiser step is complete
-            scheduler.step()
-            state.step += 1
-            means = {k: torch.stack([m[k] for m in micro_losses]).mean() for k in micro_losses[0]}
-            means = {k: accelerator.reduce(v, reduction="mean").item() for k, v in means.items()}
+            record = finish_step(run, state, micro_losses)
             micro_losses = []
-            if not all(math.isfinite(v) for v in means.values()):
-                raise FloatingPointError(f"non-finite loss at step {state.step}: {means}")
-            record = {**means, "lr": scheduler.get_last_lr()[0]}
-            if state.step % train.log_every == 0 or state.step == 1:
-                record.update(throughput.read())
-                pbar.set_postfix({k: f"{record[k]:.3g}" for k in ("loss", "samples_per_s", "mfu") if k in record})
             logger.log(record, state.step)
+            pbar.set_postfix({k: f"{record[k]:.3g}" for k in ("loss", "samples_per_s", "mfu") if k in record})
             pbar.update(1)
-
-            out_of_time = False
-            if train.time_limit_minutes is not None:  # decided by rank 0 so that no rank is left waiting
-                flag = torch.tensor(float(time.time() - started > 60 * train.time_limit_minutes), device=accelerator.device)
-                out_of_time = bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+            out_of_time = time_is_up(accelerator, started, train.time_limit_minutes)
             done = state.step >= train.max_steps or out_of_time
-            if train.eval_every and state.step % train.eval_every == 0 and not done:
-                last_eval = evaluate()
-            if train.save_every and state.step % train.save_every == 0 and not done:
-                save()
             if done:
                 if out_of_time:
                     accelerator.print(f"time limit reached at step {state.step}")
                 break
-        else:
+            if train.eval_every and state.step % train.eval_every == 0:
+                evaluate(run, state.step, logger)
+            if train.save_every and state.step % train.save_every == 0:
+                save(run, state, save_kwargs)
+        else:  # the epoch ran out before max_steps
             state.epoch += 1
             state.batches_into_epoch = 0
     pbar.close()
-    last_eval = evaluate()
-    save()
+    result = evaluate(run, state.step, logger)
+    save(run, state, save_kwargs)
     logger.close()
-    return state, last_eval
+    return state, result
+
+
+def start_or_resume(run: Run, resume: str | None, load_kwargs: dict) -> LoopState:
+    """Restore the newest/named checkpoint, or start a new history in the run directory."""
+    accelerator = run.accelerator
+    accelerator.register_for_checkpointing(run.scheduler)
+    ckpt = resolve_resume(run.run_dir, resume)
+    if ckpt is None and accelerator.is_main_process:
+        start_fresh(run.run_dir)
+    accelerator.wait_for_everyone()
+    if ckpt is None:
+        if resume not in (None, "latest"):
+            raise FileNotFoundError(f"--resume {resume}: nothing to resume")
+        return LoopState()
+    saved = load_checkpoint(accelerator, ckpt, **load_kwargs)
+    accelerator.print(f"resumed from {ckpt} at step {saved['step']}")
+    return LoopState(saved["step"], saved["epoch"], saved["batches_into_epoch"])
+
+
+def epoch_batches(run: Run, state: LoopState):
+    """This epoch's batches, in the epoch's own order, skipping those a resumed run has already consumed."""
+    loader = run.loader
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(state.epoch)  # seedable sampler: a different, reproducible order each epoch
+    if hasattr(getattr(loader, "dataset", None), "set_epoch"):
+        loader.dataset.set_epoch(state.epoch)  # e.g. which of an image's captions is used this epoch
+    if state.batches_into_epoch:
+        return run.accelerator.skip_first_batches(loader, state.batches_into_epoch)
+    return loader
+
+
+def micro_step(run: Run, batch) -> dict[str, torch.Tensor]:
+    """Forward and backward one micro-batch; the optimiser steps only when the accumulation window closes
+    (Accelerate turns `optimizer.step` into a no-op before that). Returns the micro-batch's scalars."""
+    accelerator = run.accelerator
+    with accelerator.accumulate(run.model):
+        out = run.stage.loss(run.model, batch)
+        accelerator.backward(out["loss"])
+        if accelerator.sync_gradients and run.grad_clip:
+            accelerator.clip_grad_norm_(run.model.parameters(), run.grad_clip)
+        run.optimizer.step()
+        run.optimizer.zero_grad(set_to_none=True)
+    return {k: v.detach().float() for k, v in out.items() if torch.is_tensor(v) and v.ndim == 0}
+
+
+def finish_step(run: Run, state: LoopState, micro_losses: list[dict]) -> dict:
+    """Count a completed optimiser step; returns its log record (scalars averaged over micro-batches and ranks)."""
+    run.scheduler.step()
+    state.step += 1
+    means = {k: torch.stack([m[k] for m in micro_losses]).mean() for k in micro_losses[0]}
+    means = {k: run.accelerator.reduce(v, reduction="mean").item() for k, v in means.items()}
+    if not all(math.isfinite(v) for v in means.values()):
+        raise FloatingPointError(f"non-finite loss at step {state.step}: {means}")
+    record = {**means, "lr": run.scheduler.get_last_lr()[0]}
+    if state.step % run.train.log_every == 0 or state.step == 1:
+        record.update(run.throughput.read())
+    return record
+
+
+def time_is_up(accelerator, started: float, limit_minutes: float | None) -> bool:
+    """Decided together (any rank over the limit stops all), so that no rank is left waiting in a collective."""
+    if limit_minutes is None:
+        return False
+    flag = torch.tensor(float(time.time() - started > 60 * limit_minutes), device=accelerator.device)
+    return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+
+
+def evaluate(run: Run, step: int, logger: MetricsLogger) -> dict:
+    run.model.eval()
+    with torch.no_grad(), run.accelerator.autocast():
+        result = run.stage.evaluate(run.accelerator.unwrap_model(run.model))
+    run.model.train()
+    logger.log({"kind": "eval", **result}, step)
+    return result
+
+
+def save(run: Run, state: LoopState, save_kwargs: dict) -> None:
+    """A full checkpoint for `--resume`, then the stage's loadable export of the current weights."""
+    save_checkpoint(run.accelerator, run.run_dir, state.step,
+                    {"epoch": state.epoch, "batches_into_epoch": state.batches_into_epoch},
+                    keep=run.train.keep_checkpoints, **save_kwargs)
+    run.stage.export(run.accelerator, run.model, run.run_dir)
 
 
 def batch_size_of(batch) -> int:
@@ -217,15 +179,3 @@ def batch_size_of(batch) -> int:
         first = next(iter(batch.values()))
         return int(first.shape[0])
     return int(batch[0].shape[0])
-
-
-def finish(accelerator, run_dir: Path, step: int, result: dict, summary: str) -> None:
-    """Write the final evaluation, print the summary (rank 0), and shut the process group down cleanly
-    (without it a rank occasionally aborted at exit)."""
-    if accelerator.is_main_process:
-        (Path(run_dir) / "eval_results.json").write_text(json.dumps({"step": step, **result}, indent=2))
-        accelerator.print(summary)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()

@@ -1,47 +1,40 @@
-"""The stage-1 experiment config. The defaults *are* the tiny CPU run (configs/stage1_tiny.yaml spells them
-out); every key can be overridden from the command line as `section.key=value`."""
+"""The stage-1 experiment config. The defaults *are* the tiny CPU run; every key can be overridden from the command
+line as `section.key=value`, and a YAML file (configs/stage1_*.yaml) holds only what differs."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..models.dual_encoder import PRESETS
-from .config import check
+from ..models.dual_encoder import PRESETS, SparkConfig
+from .config import check, kwargs_fields
 from .sections import OptimConfig, SceneDataFields, TrainConfig
+
+# The `model` section is `preset` plus SparkConfig's keyword arguments (vocabulary and padding id come from the
+# tokenizer). A key left null keeps the preset's value, or SparkConfig's default where the preset does not set it.
+_SparkKwargs = make_dataclass("_SparkKwargs", [("preset", Literal[tuple(PRESETS)], "tiny"),
+                                               *kwargs_fields(SparkConfig, skip=("vocab_size", "pad_token_id"),
+                                                              optional=True)])
 
 
 @dataclass
-class ModelConfig:
-    preset: Literal["tiny", "small", "base"] = "tiny"
-    # Any of these, when set, overrides the preset's value.
-    image_size: int | None = None
-    patch_size: int | None = None
-    vision_width: int | None = None
-    vision_layers: int | None = None
-    vision_heads: int | None = None
-    text_width: int | None = None
-    text_layers: int | None = None
-    text_heads: int | None = None
-    embed_dim: int | None = None
-    max_text_len: int | None = None
-
-    def resolved(self) -> dict:
-        """The preset with the explicit overrides applied."""
-        out = dict(PRESETS[self.preset])
-        out.update({k: v for k, v in vars(self).items() if k != "preset" and v is not None})
-        return out
+class ModelConfig(_SparkKwargs):
+    def spark_config(self, **from_data) -> SparkConfig:
+        """The preset with the keys set here applied (plus `from_data`: vocab_size, pad_token_id)."""
+        chosen = {k: v for k, v in vars(self).items() if k != "preset" and v is not None}
+        return SparkConfig.from_preset(self.preset, **chosen, **from_data)
 
     def validate(self, prefix: str) -> None:
-        r = self.resolved()
-        for key, value in r.items():
-            check(value > 0, f"{prefix}{key}", f"must be > 0, got {value}")
-        check(r["image_size"] % r["patch_size"] == 0, f"{prefix}patch_size",
-              f"{r['patch_size']} does not divide image_size {r['image_size']}")
-        check(r["vision_width"] % r["vision_heads"] == 0, f"{prefix}vision_heads",
-              f"{r['vision_heads']} does not divide vision_width {r['vision_width']}")
-        check(r["text_width"] % r["text_heads"] == 0, f"{prefix}text_heads",
-              f"{r['text_heads']} does not divide text_width {r['text_width']}")
+        c = self.spark_config()
+        for key, value in vars(self).items():
+            if key != "preset":
+                check(getattr(c, key) > 0, f"{prefix}{key}", f"must be > 0, got {getattr(c, key)}")
+        check(c.image_size % c.patch_size == 0, f"{prefix}patch_size",
+              f"{c.patch_size} does not divide image_size {c.image_size}")
+        check(c.vision_width % c.vision_heads == 0, f"{prefix}vision_heads",
+              f"{c.vision_heads} does not divide vision_width {c.vision_width}")
+        check(c.text_width % c.text_heads == 0, f"{prefix}text_heads",
+              f"{c.text_heads} does not divide text_width {c.text_width}")
 
 
 @dataclass

@@ -2,27 +2,25 @@
 the tiny CPU run that `accelerate launch stage2_vlm/train.py` performs with no arguments."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
+from pathlib import Path
 from typing import Literal
 
-from .config import check
+from ..models.flamingo import FlamingoConfig
+from .config import check, kwargs_fields
 from .sections import OptimConfig, SceneDataFields, TrainConfig
+from .standin_lm import StandinLM
+
+# The `model` section is FlamingoConfig's keyword arguments, with its defaults; vision_width comes from the
+# stage-1 run and the two special tokens are fixed by the prompt format (data/prompts.py).
+_FlamingoKwargs = make_dataclass("_FlamingoKwargs", kwargs_fields(
+    FlamingoConfig, skip=("vision_width", "image_token", "end_of_chunk_token")))
 
 
 @dataclass
-class FlamingoModelConfig:
-    num_latents: int = 64
-    resampler_depth: int = 2
-    resampler_heads: int = 4
-    resampler_dim_head: int = 32
-    cross_attn_every_n_layers: int = 1  # a gated xattn block before every N-th decoder layer
-    xattn_heads: int = 4
-    xattn_dim_head: int = 32
-    ff_mult: float = 2.0
-    lora: bool = False  # LoRA adapters on the LM through peft (off, as in Flamingo)
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
+class FlamingoModelConfig(_FlamingoKwargs):
+    def flamingo_config(self, vision_width: int) -> FlamingoConfig:
+        return FlamingoConfig(vision_width=vision_width, **vars(self))
 
     def validate(self, prefix: str) -> None:
         for key in ("num_latents", "resampler_depth", "resampler_heads", "resampler_dim_head",
@@ -36,24 +34,11 @@ class FlamingoModelConfig:
 @dataclass
 class LMConfig:
     path: str | None = None  # a local Hugging Face causal-LM directory (GPT-2, Llama, OPT, ...); null = stand-in
-    # The stand-in, pretrained on the training captions when no path is given (cached):
-    standin_arch: Literal["gpt2", "llama"] = "gpt2"
-    standin_width: int = 128
-    standin_layers: int = 4
-    standin_heads: int = 4
-    standin_vocab_size: int = 1000
-    standin_steps: int = 800
-    standin_batch_size: int = 64
-    standin_lr: float = 2e-3
+    standin: StandinLM = field(default_factory=StandinLM)  # pretrained on the training captions when no path (cached)
 
     def validate(self, prefix: str) -> None:
-        for key in ("standin_width", "standin_layers", "standin_heads", "standin_vocab_size", "standin_steps",
-                    "standin_batch_size"):
-            value = getattr(self, key)
-            check(value > 0, f"{prefix}{key}", f"must be > 0, got {value}")
-        check(self.standin_width % self.standin_heads == 0, f"{prefix}standin_heads",
-              f"{self.standin_heads} does not divide standin_width {self.standin_width}")
-        check(self.standin_lr > 0, f"{prefix}standin_lr", f"must be > 0, got {self.standin_lr}")
+        check(self.path is None or Path(self.path, "config.json").is_file(), f"{prefix}path",
+              f"no Hugging Face model directory (config.json) at {self.path}")
 
 
 @dataclass
@@ -68,12 +53,13 @@ class Stage2DataConfig(SceneDataFields):  # the same values as stage 1 reuse its
         check(self.object_questions >= 0, f"{prefix}object_questions", f"must be >= 0, got {self.object_questions}")
 
 
+# Where stage 2's run differs from the shared `train` / `optim` defaults.
 def _stage2_train() -> TrainConfig:
     return TrainConfig(output_dir="runs/stage2", batch_size=32, max_steps=1000, eval_every=250, save_every=250)
 
 
 def _stage2_optim() -> OptimConfig:
-    return OptimConfig(lr=1e-3, weight_decay=0.1, warmup_steps=50)
+    return OptimConfig(warmup_steps=50)
 
 
 @dataclass

@@ -13,10 +13,14 @@ import json
 import math
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
+
+from .config import check
 
 EOS, PAD = "<|endoftext|>", "<pad>"
 
@@ -76,14 +80,35 @@ def lm_batches(tokenizer, texts: list[str], batch_size: int, max_len: int, seed:
             yield pad_rows([ids[i] for i in order[start:start + batch_size]], tokenizer.pad_token_id)
 
 
-def pretrain_standin_lm(train_texts: list[str], val_texts: list[str], cache_dir: str | os.PathLike, arch: str = "gpt2",
-                        vocab_size: int = 1000, width: int = 128, layers: int = 4, heads: int = 4, max_len: int = 64,
-                        context: int = 512,
-                        steps: int = 600, batch_size: int = 64, lr: float = 2e-3, seed: int = 0) -> Path:
+@dataclass
+class StandinLM:
+    """The stand-in LM's settings (stage 2's `lm.standin` section)."""
+
+    arch: Literal["gpt2", "llama"] = "gpt2"
+    width: int = 128
+    layers: int = 4
+    heads: int = 4
+    vocab_size: int = 1000  # of the byte-level BPE trained on the captions
+    steps: int = 800
+    batch_size: int = 64
+    lr: float = 2e-3
+
+    def validate(self, prefix: str) -> None:
+        for key in ("width", "layers", "heads", "vocab_size", "steps", "batch_size"):
+            value = getattr(self, key)
+            check(value > 0, f"{prefix}{key}", f"must be > 0, got {value}")
+        check(self.width % self.heads == 0, f"{prefix}heads", f"{self.heads} does not divide width {self.width}")
+        check(self.lr > 0, f"{prefix}lr", f"must be > 0, got {self.lr}")
+
+
+def pretrain_standin_lm(train_texts: list[str], val_texts: list[str], cache_dir: str | os.PathLike,
+                        lm: StandinLM = StandinLM(), max_len: int = 64, context: int = 512, seed: int = 0) -> Path:
     """Train (or reuse from `cache_dir`) a small causal LM on captions; returns its HF directory."""
+    arch, vocab_size, width, layers, heads = lm.arch, lm.vocab_size, lm.width, lm.layers, lm.heads
+    steps, batch_size, lr = lm.steps, lm.batch_size, lm.lr
+    # The cache key: these names and values must not change, or every cached stand-in is retrained.
     settings = dict(arch=arch, vocab_size=vocab_size, width=width, layers=layers, heads=heads, max_len=max_len,
-                    context=context,
-                    steps=steps, batch_size=batch_size, lr=lr, seed=seed, version=1)
+                    context=context, steps=steps, batch_size=batch_size, lr=lr, seed=seed, version=1)
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     for t in train_texts:
         digest.update(t.encode() + b"\n")

@@ -1,0 +1,127 @@
+"""The training run both stages share, written once:
+
+  accelerator, seed -> the stage's pieces (model, data, loss, evaluation, FLOPs, export) -> run directory +
+  config.yaml -> optimiser, schedule, DataLoader -> torch.compile -> accelerate.prepare -> peak FLOP/s ->
+  train_loop -> eval_results.json + summary
+
+A stage is a function `build(cfg, accelerator) -> Stage`; see stage1.py and stage2.py.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .config import save_config
+from .loop import Run, train_loop
+from .optim import build_optimizer, cosine_schedule
+from .sections import TrainConfig
+from .throughput import Throughput, measure_peak_flops
+
+
+class SetupError(RuntimeError):
+    """A problem the user fixes with a command (e.g. "run stage 1 first"): one line, exit 2, no traceback."""
+
+
+@dataclass
+class Stage:
+    """What one training stage brings to the shared run."""
+
+    model: torch.nn.Module  # plain (not yet compiled or prepared)
+    train_data: torch.utils.data.Dataset  # an IterableDataset is taken as already sharded over ranks
+    loss: Callable[[torch.nn.Module, dict], dict[str, torch.Tensor]]  # -> {"loss": scalar, other scalars to log}
+    evaluate: Callable[[torch.nn.Module], dict[str, float]]  # unwrapped model -> held-out scalars (every rank)
+    flops_per_sample: float  # training FLOPs of one sample, for MFU
+    export: Callable[[object, torch.nn.Module, Path], None]  # (accelerator, prepared model, run dir), every rank
+    summary: Callable[[int, dict], str]  # (final step, final evaluation) -> what the user reads at the end
+    trainable_only: Callable[[str], bool] | None = None  # checkpoints keep only these parameters
+
+
+def train(cfg, build: Callable[[object, object], Stage], resume: str | None = None) -> dict:
+    """Train one stage with the experiment config `cfg` (its `train` and `optim` sections drive the run)."""
+    from accelerate.utils import set_seed
+
+    t = cfg.train
+    accelerator = make_accelerator(t)
+    set_seed(t.seed)
+    stage = build(cfg, accelerator)
+    run_dir = Path(t.output_dir)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+
+    model = stage.model
+    if t.grad_checkpointing:
+        model.activation_checkpointing_enable()
+    optimizer = build_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.betas, cfg.optim.eps)
+    scheduler = cosine_schedule(optimizer, cfg.optim.warmup_steps, t.max_steps, cfg.optim.min_lr_ratio)
+    streaming = isinstance(stage.train_data, torch.utils.data.IterableDataset)
+    loader = torch.utils.data.DataLoader(stage.train_data, batch_size=t.batch_size, shuffle=not streaming,
+                                         drop_last=True, num_workers=t.num_workers)
+    if t.compile:
+        model = torch.compile(model)
+    if streaming:  # the shards are already split over ranks and workers: accelerate must not split again
+        model, optimizer = accelerator.prepare(model, optimizer)
+    else:
+        model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+
+    peak = peak_flops(accelerator, t)
+    accelerator.print(f"model FLOPs per sample {stage.flops_per_sample / 1e9:.3f} GFLOP; device peak "
+                      f"{peak / 1e12:.2f} TFLOP/s ({'configured' if t.peak_tflops else 'measured matmul'})")
+    run = Run(accelerator, model, optimizer, scheduler, loader, stage, t, cfg.optim.grad_clip, run_dir,
+              Throughput(stage.flops_per_sample, peak))
+    state, result = train_loop(run, resume)
+    finish(accelerator, run_dir, state.step, result, stage.summary(state.step, result))
+    return result
+
+
+def make_accelerator(train: TrainConfig):
+    """An Accelerator that also works on CPU-only machines with several processes."""
+    from accelerate import Accelerator, DataLoaderConfiguration, InitProcessGroupKwargs
+
+    handlers = []
+    if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Without CUDA, accelerate leaves the backend unset and each rank believes it is alone.
+        handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    if not torch.cuda.is_available():
+        try:  # DeepSpeed would JIT-compile a shared-memory op (30-50 s) it does not need on CPU
+            importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+        except Exception:  # deepspeed not installed or layout changed: the build just takes longer
+            pass
+    if not torch.cuda.is_available():
+        # `accelerate launch` sets OMP_NUM_THREADS=1 unless told otherwise, which halves a 2-core machine.
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        torch.set_num_threads(train.cpu_threads or max(1, len(os.sched_getaffinity(0)) // local))
+    return Accelerator(
+        mixed_precision="no" if train.precision == "fp32" else train.precision,
+        gradient_accumulation_steps=train.grad_accum_steps,
+        # The schedule is defined in optimiser steps; we step it ourselves once per real update.
+        step_scheduler_with_optimizer=False,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        kwargs_handlers=handlers,
+    )
+
+
+def peak_flops(accelerator, train: TrainConfig) -> float:
+    """The devices' summed peak FLOP/s: configured, or a matmul measured in the training precision."""
+    if train.peak_tflops:
+        return train.peak_tflops * 1e12
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(train.precision, torch.float32)
+    return measure_peak_flops(accelerator.device, dtype) * accelerator.num_processes
+
+
+def finish(accelerator, run_dir: Path, step: int, result: dict, summary: str) -> None:
+    """Write the final evaluation, print the summary (rank 0), and shut the process group down cleanly
+    (without it a rank occasionally aborted at exit)."""
+    if accelerator.is_main_process:
+        (Path(run_dir) / "eval_results.json").write_text(json.dumps({"step": step, **result}, indent=2))
+        accelerator.print(summary)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

@@ -1,0 +1,41 @@
+"""The run scaffold both stages share: a stage hands over its pieces and the scaffold does the rest, honouring
+the shared `train` settings (here `train.compile`, once silently ignored by stage 2) for either stage's config."""
+import json
+
+import pytest
+import torch
+
+from spark_vlm.training.config import load_config
+from spark_vlm.training.run import Stage, train
+from spark_vlm.training.stage1_config import Stage1Config
+from spark_vlm.training.stage2_config import Stage2Config
+
+
+def toy_stage(exported: list):
+    x = torch.randn(32, 4, generator=torch.Generator().manual_seed(0))
+    data = torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True))
+
+    def build(cfg, accelerator) -> Stage:
+        return Stage(model=torch.nn.Linear(4, 1), train_data=data,
+                     loss=lambda m, b: {"loss": torch.nn.functional.mse_loss(m(b[0]), b[1])},
+                     evaluate=lambda m: {"weight_norm": m.weight.norm().item()}, flops_per_sample=8.0,
+                     export=lambda accelerator, m, run_dir: exported.append(run_dir),
+                     summary=lambda step, result: f"toy done at step {step}")
+    return build
+
+
+@pytest.mark.parametrize("config_cls", [Stage1Config, Stage2Config])
+def test_the_scaffold_compiles_trains_evaluates_and_exports(tmp_path, monkeypatch, config_cls):
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda model: compiled.append(model) or model)
+    exported = []
+    cfg = load_config(config_cls, None, ["train.compile=true", "train.max_steps=4", "train.save_every=2",
+                                         "train.eval_every=0", "train.batch_size=8", "train.precision=fp32",
+                                         "train.peak_tflops=1", f"train.output_dir={tmp_path}"])
+    result = train(cfg, toy_stage(exported))
+    assert len(compiled) == 1 and isinstance(compiled[0], torch.nn.Linear)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r.get("kind") is None] == [1, 2, 3, 4]
+    assert json.loads((tmp_path / "eval_results.json").read_text()) == {"step": 4, **result}
+    assert exported == [tmp_path, tmp_path]  # at the step-2 checkpoint and at the end
+    assert (tmp_path / "config.yaml").is_file()
