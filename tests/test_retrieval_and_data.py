@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from spark_vlm.data.pairs import CaptionedImages, to_pixel_values
+from spark_vlm.data.images import to_pixel_values
+from spark_vlm.data.pairs import CaptionedImages
 from spark_vlm.data.tokenizer import CaptionTokenizer, train_sentencepiece
 from spark_vlm.metrics.retrieval import retrieval_recall
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..data.builtin import add_object_questions, scene_arrays, scene_shapes
-from ..data.scene_vocab import SHAPES
-from ..data.pairs import CaptionedImages, to_pixel_values
+from ..data.cache import CACHE_ROOT
+from ..data.images import to_pixel_values
+from ..data.pairs import CaptionedImages
 from ..data.prompts import FlamingoPrompts
-from ..data.tokenizer import DEFAULT_CACHE
+from ..data.stage2 import stage2_arrays, stage2_datasets
 from ..models.flamingo import FlamingoConfig, SparkFlamingo
 from ..models import flamingo_io
 from .config import save_config
@@ -55,7 +55,7 @@ def resolve_lm(cfg: Stage2Config, train_captions: list[list[str]], val_captions:
     lm = cfg.lm
     return str(pretrain_standin_lm(
         [c for caps in train_captions for c in caps], [caps[0] for caps in val_captions],
-        cache_dir=DEFAULT_CACHE / "lms", arch=lm.standin_arch, vocab_size=lm.standin_vocab_size,
+        cache_dir=CACHE_ROOT / "lms", arch=lm.standin_arch, vocab_size=lm.standin_vocab_size,
         width=lm.standin_width, layers=lm.standin_layers, heads=lm.standin_heads, steps=lm.standin_steps,
         batch_size=lm.standin_batch_size, lr=lm.standin_lr, seed=cfg.train.seed))
 
@@ -178,19 +178,13 @@ def train_stage2(cfg: Stage2Config, resume: str | None = None) -> dict:
     d = cfg.data
     with accelerator.main_process_first():
         image_size = json.loads(stage1_config_file(cfg.vision_checkpoint).read_text())["image_size"]
-        train_arrays = scene_arrays("train", d.num_train, image_size, d.min_objects, d.max_objects, d.seed, d.cache_dir)
-        if d.object_questions:  # optional yes/no question text, so POPE-style probing has something to measure
-            shapes = scene_shapes("train", d.num_train, image_size, d.min_objects, d.max_objects, d.seed, d.cache_dir)
-            questions = add_object_questions(train_arrays[1], shapes, d.object_questions, d.seed, SHAPES)
-            train_arrays = (train_arrays[0], questions, train_arrays[2])
-        val_arrays = scene_arrays("val", d.num_val, image_size, d.min_objects, d.max_objects, d.seed, d.cache_dir)
+        train_arrays, val_arrays = stage2_arrays(d, image_size)
         lm_path = resolve_lm(cfg, train_arrays[1], val_arrays[1])
     with full_weights_on_load(accelerator):
         model = build_model(cfg, lm_path)
         manifest = model.build_manifest(stage2_config=cfg.__class__.__name__)
-        prompts = FlamingoPrompts(model.tokenizer)
-        train_data = CaptionedImages(*train_arrays, tokenizer=prompts, max_len=d.max_text_len, seed=cfg.train.seed)
-        val_data = CaptionedImages(*val_arrays, tokenizer=prompts, max_len=d.max_text_len, seed=cfg.train.seed)
+        train_data, val_data, prompts = stage2_datasets(train_arrays, val_arrays, model.tokenizer, d.max_text_len,
+                                                        cfg.train.seed)
         baseline = text_only_caption_loss(lm_path, val_data, prompts)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
