@@ -77,7 +77,7 @@ def main() -> None:
         model, prompts = tiny_captioner()
     size = model.vision.config.image_size
     images = torch.randint(0, 256, (args.batch_size, size, size, 3), dtype=torch.uint8)
-    from spark_vlm.data.pairs import to_pixel_values
+    from spark_vlm.data.images import to_pixel_values
 
     px = to_pixel_values(images)[:, None]
     prompt = prompts.generation_prompts(args.batch_size)

@@ -20,8 +20,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from spark_vlm.data.images import BadSample, load_image  # noqa: E402
-from spark_vlm.data.pairs import to_pixel_values  # noqa: E402
+from spark_vlm.data.images import BadSample, load_image, to_pixel_values  # noqa: E402
 from spark_vlm.data.scenes import SceneConfig, generate_scene  # noqa: E402
 from spark_vlm.evaluation import device, load_checkpoint  # noqa: E402
 from spark_vlm.losses import sparc_alignment  # noqa: E402

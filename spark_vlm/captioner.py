@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .data.pairs import to_pixel_values
+from .data.images import to_pixel_values
 from .data.prompts import FlamingoPrompts
 from .models import flamingo_io
 from .models.flamingo import FlamingoConfig, SparkFlamingo

@@ -15,8 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .data.images import SkipCounter
-from .data.pairs import to_pixel_values
+from .data.images import SkipCounter, to_pixel_values
 from .data.readers import load_pairs, read_coco_captions, read_karpathy
 from .data.scenes import SceneConfig, generate_scene
 from .data.tokenizer import CaptionTokenizer

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .data.pairs import to_pixel_values
+from .data.images import to_pixel_values
+from .data.padding import right_pad
 from .data.prompts import END_OF_CHUNK, IMAGE_TOKEN
 from .data.text import object_question
 
@@ -63,11 +64,8 @@ def answer_pope(model, tokenizer, questions: list[dict], shots: list[list[tuple]
         limit = getattr(model.lm.config, "n_positions", None) or getattr(model.lm.config, "max_position_embeddings", None)
         if limit and length > limit:
             raise ValueError(f"a few-shot POPE prompt is {length} tokens but the LM's context is {limit}; use fewer --shots")
-        ids = torch.full((len(rows), length), pad)
-        mask = torch.zeros((len(rows), length), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r)
-            mask[i, : len(r)] = 1
+        ids, mask = right_pad(rows, pad)
+        mask = mask.long()
         pix = np.stack([np.stack([images[i] for i, _, _ in s] + [images[q["image_id"]]]) for q, s in zip(batch_q, batch_s)])
         px = to_pixel_values(torch.from_numpy(pix).flatten(0, 1), dtype).unflatten(0, pix.shape[:2]).to(device)
         logits = model(px, ids.to(device), mask.to(device)).logits

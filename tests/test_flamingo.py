@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (AutoModelForCausalLM, GPT2Config, LlamaConfig, OPTConfig, PreTrainedTokenizerFast)
 
-from spark_vlm.data.pairs import to_pixel_values
+from spark_vlm.data.images import to_pixel_values
 from spark_vlm.models import SparkConfig, SparkModel
 from spark_vlm.models.flamingo import FlamingoConfig, SparkFlamingo
 from spark_vlm.models.flamingo_io import BackboneMismatchError, hash_state_dict

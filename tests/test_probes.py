@@ -4,10 +4,11 @@ from collections import Counter
 
 import pytest
 
-from spark_vlm.data.probes import (NUMBER_WORDS, PROBE_TYPES, build_probes, coco_objects, phrase, probe_accuracy,
+from spark_vlm.data.probes import (PROBE_TYPES, build_probes, coco_objects, phrase, probe_accuracy,
                                    scene_objects)
 from spark_vlm.data.scene_vocab import PLURALS, SHAPES
 from spark_vlm.data.scenes import SceneConfig, generate_scene
+from spark_vlm.data.text import NUMBER_WORDS
 
 SCENES = [generate_scene(SceneConfig(image_size=64), "test", i) for i in range(80)]
 OBJECTS = {s["image_id"]: scene_objects(s) for s in SCENES}

@@ -16,7 +16,7 @@ from spark_vlm.data.images import (BadSample, SkipCounter, clean_captions, handl
                                    resize_center_crop)
 from spark_vlm.data.readers import (VOC_CLASSES, load_pairs, load_voc_mask, read_class_folders,
                                     read_coco_captions, read_coco_instances, read_imagefolder,
-                                    read_karpathy, read_voc_segmentation, to_hf_dataset, voc_colormap)
+                                    read_karpathy, read_voc_segmentation, records_to_hf_dataset, voc_colormap)
 from spark_vlm.data.scenes import SceneConfig
 from spark_vlm.data.webdataset_reader import (WebDatasetPairs, collate_pairs, expand_shards,
                                               iter_webdataset, stable_image_id)
@@ -278,7 +278,7 @@ def test_imagefolder_jsonl_and_csv(tmp_path):
     assert ids == [0, 1] and captions == [["a red square"], ["one", "two"]]
     assert counter.counts == {"empty caption": 1, "no caption": 1, "missing file": 1}
 
-    ds = to_hf_dataset(records)                            # datasets-compatible, decoded lazily
+    ds = records_to_hf_dataset(records)                            # datasets-compatible, decoded lazily
     assert ds.num_rows == 4 and ds[1]["captions"] == ["one", "  two "]
     assert ds[0]["image"].size == (12, 10) and ds[0]["image_id"] == 0
 
@@ -311,7 +311,7 @@ def test_class_folders(tmp_path):
     images, _, ids = load_pairs(records, 8, counter=counter, require_captions=False)
     assert images.shape == (3, 8, 8, 3) and [records[i]["label"] for i in ids] == [1, 1, 2]
     assert counter.counts == {"not an image": 1}
-    assert to_hf_dataset(records)["label"] == [1, 1, 1, 2]
+    assert records_to_hf_dataset(records)["label"] == [1, 1, 1, 2]
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,9 +1,12 @@
-"""Retrieval recall on hand-built matrices; tokenizer and the caption-pair dataset."""
+"""Retrieval recall on hand-built matrices; the cache, the tokenizer, padding and the caption-pair dataset."""
 import numpy as np
 import pytest
 import torch
 
-from spark_vlm.data.pairs import CaptionedImages, to_pixel_values
+from spark_vlm.data.cache import build_once, content_key
+from spark_vlm.data.images import to_pixel_values
+from spark_vlm.data.padding import right_pad
+from spark_vlm.data.pairs import CaptionedImages
 from spark_vlm.data.tokenizer import CaptionTokenizer, train_sentencepiece
 from spark_vlm.metrics.retrieval import retrieval_recall
 
@@ -40,6 +43,37 @@ def test_retrieval_rejects_bad_index():
 
 CAPTIONS = ["two red circles", "a blue square left of a green star", "one yellow ring", "three small crosses",
             "a large purple hexagon above a white diamond"] * 20
+
+
+def test_cache_builds_once_and_keeps_the_first_published_entry(tmp_path):
+    calls = []
+
+    def build(tmp):
+        calls.append(tmp)
+        tmp.mkdir()
+        (tmp / "x.txt").write_text("mine")
+
+    entry = build_once(tmp_path / "a" / "entry", build)
+    assert (entry / "x.txt").read_text() == "mine" and build_once(entry, build) == entry and len(calls) == 1
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["entry"]  # nothing left aside
+
+    def racing(tmp):  # another process publishes the same entry while this one builds
+        (tmp_path / "b").mkdir(exist_ok=True)
+        (tmp_path / "b" / "entry").mkdir()
+        (tmp_path / "b" / "entry" / "x.txt").write_text("theirs")
+        build(tmp)
+
+    entry = build_once(tmp_path / "b" / "entry", racing)
+    assert (entry / "x.txt").read_text() == "theirs" and sorted(p.name for p in entry.parent.iterdir()) == ["entry"]
+    assert content_key({"a": 1}, ["x"]) != content_key({"a": 1}, ["y"]) != content_key({"a": 2}, ["y"])
+    assert content_key({"a": 1, "b": 2}) == content_key({"b": 2, "a": 1})
+
+
+def test_right_pad():
+    ids, mask = right_pad([[5, 6, 7], [1], []], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [1, 0, 0], [0, 0, 0]] and ids.dtype == torch.long
+    assert mask.tolist() == [[True] * 3, [True, False, False], [False] * 3]
+    assert right_pad([[4]], pad_id=9, length=3)[0].tolist() == [[4, 9, 9]]
 
 
 def test_sentencepiece_training_is_cached_and_round_trips(tmp_path):

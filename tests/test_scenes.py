@@ -10,9 +10,10 @@ from PIL import Image
 
 from spark_vlm.data.coco_export import export_coco, main as coco_main, mask_to_rle, rle_to_mask
 from spark_vlm.data.scene_vocab import (
-    COLORS, NUMBER_WORDS, PLURALS, SHAPE_SYNONYMS, SHAPES, WORD_TO_NUMBER, WORD_TO_SHAPE, WORD_TO_SIZE,
+    COLORS, PLURALS, SHAPE_SYNONYMS, SHAPES, WORD_TO_SHAPE, WORD_TO_SIZE,
 )
-from spark_vlm.data.scenes import SceneConfig, SceneDataset, generate_scene, to_hf_dataset
+from spark_vlm.data.scenes import SceneConfig, SceneDataset, generate_scene, scenes_to_hf_dataset
+from spark_vlm.data.text import NUMBER_WORDS, WORD_TO_NUMBER
 
 CFG = SceneConfig()
 SCENES = [generate_scene(CFG, "train", i) for i in range(300)]
@@ -277,11 +278,17 @@ def test_scene_dataset_cache_round_trip(tmp_path, monkeypatch):
     # A different config or size gets its own cache entry.
     assert SceneDataset("train", 13, cfg).cache_key() != ds.cache_key()
     assert SceneDataset("train", 12, SceneConfig(seed=6)).cache_key() != ds.cache_key()
+    # The whole split as arrays: read straight from the cache, equal to generating it.
+    images, captions, ids = again.arrays()
+    monkeypatch.undo()
+    fresh = SceneDataset("train", 12, cfg).arrays()
+    assert images.dtype == np.uint8 and np.array_equal(images, fresh[0])
+    assert captions == fresh[1] and ids == fresh[2]
 
 
-def test_to_hf_dataset():
+def test_scenes_to_hf_dataset():
     import datasets
-    hf = to_hf_dataset("test", 3, CFG)
+    hf = scenes_to_hf_dataset("test", 3, CFG)
     assert isinstance(hf, datasets.Dataset) and len(hf) == 3
     assert isinstance(hf.features["image"], datasets.Image)
     row, sc = hf[1], generate_scene(CFG, "test", 1)

@@ -102,10 +102,10 @@ def test_plain_run_then_caption_from_the_run_dir(tmp_path, stage1_dir):
     check_run_dir(out, 4)
 
     from spark_vlm.captioner import caption_images, load_captioner
-    from spark_vlm.data.builtin import scene_arrays
+    from spark_vlm.data.scenes import cached_scenes
 
     model, prompts = load_captioner(out)
-    images, _, _ = scene_arrays("test", 3, 32, cache_dir=str(tmp_path / "scenes"))
+    images, _, _ = cached_scenes("test", 3, 32, cache_dir=str(tmp_path / "scenes")).arrays()
     captions = caption_images(model, prompts, images, batch_size=2, max_new_tokens=5, progress=False)
     assert len(captions) == 3 and all(isinstance(c, str) for c in captions)
 
@@ -154,7 +154,7 @@ def test_resume_keeps_only_trainable_weights_and_continues_exactly(tmp_path, sta
 
 
 def test_object_questions_are_true_and_deterministic():
-    from spark_vlm.data.builtin import add_object_questions
+    from spark_vlm.data.stage2 import add_object_questions
     from spark_vlm.data.scene_vocab import SHAPES
 
     captions = [["two red circles"], ["a blue star"], ["a ring"]]

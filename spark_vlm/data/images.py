@@ -1,4 +1,5 @@
-"""Safe image loading for real data: every image comes out as uint8 [H, W, 3] RGB, or raises BadSample.
+"""Images from file to model input: safe loading of real data (every image comes out as uint8 [H, W, 3] RGB,
+or raises BadSample), and the pixel normalisation the models see (`to_pixel_values`).
 
 Real image folders contain everything: grayscale and palette PNGs, RGBA with transparency, CMYK JPEGs
 from print pipelines, 16-bit scans, phone photos stored sideways with an EXIF orientation tag, and
@@ -28,6 +29,7 @@ import os
 from collections import Counter
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 log = logging.getLogger(__name__)
@@ -200,3 +202,18 @@ def load_image(path_or_bytes, image_size: int | None = None, name: str | None = 
     if out.ndim != 3 or out.shape[2] != 3 or min(out.shape[:2]) == 0:
         raise BadSample(name, CORRUPT, f"decoded to shape {out.shape}")
     return np.ascontiguousarray(out)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Model input
+
+# Images are scaled to [-1, 1]: the encoders are trained from scratch, so no dataset statistics are needed.
+PIXEL_MEAN = 0.5
+PIXEL_STD = 0.5
+
+
+def to_pixel_values(images_uint8: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 [B, H, W, 3] -> normalised float [B, 3, H, W]. Done on the device, after collation (images travel
+    as uint8, a quarter of the bytes)."""
+    x = images_uint8.permute(0, 3, 1, 2).to(dtype) / 255.0
+    return (x - PIXEL_MEAN) / PIXEL_STD

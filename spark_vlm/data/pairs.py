@@ -1,25 +1,18 @@
-"""Image-caption pairs as training/eval tensors: images kept as uint8, captions pre-tokenised once.
+"""Image-caption pairs as training/eval datasets: images kept as uint8, captions tokenised.
 
 An image has several captions; each epoch every image is seen once, with one of its captions chosen by
 (seed, epoch, index) so that the order and the choice are reproducible and resumable, and no batch ever
 holds the same image twice (which would be a false negative for the contrastive losses).
+
+  CaptionedImages   in memory (built-in scenes, decoded real data); captions tokenised once
+  StreamingPairs    WebDataset shards, streamed; each caption tokenised as it is drawn
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-
-# Images are scaled to [-1, 1]: the encoders are trained from scratch, so no dataset statistics are needed.
-PIXEL_MEAN = 0.5
-PIXEL_STD = 0.5
-
-
-def to_pixel_values(images_uint8: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 [B, H, W, 3] -> normalised float [B, 3, H, W]. Done on the device, after collation."""
-    x = images_uint8.permute(0, 3, 1, 2).to(dtype) / 255.0
-    return (x - PIXEL_MEAN) / PIXEL_STD
+from .webdataset_reader import WebDatasetPairs
 
 
 class CaptionedImages(torch.utils.data.Dataset):
@@ -61,14 +54,23 @@ class CaptionedImages(torch.utils.data.Dataset):
         return {"images": self.images[i], **{name: values[j] for name, values in self.text.items()}}
 
 
-def scenes_to_arrays(dataset, desc: str = "scenes") -> tuple[np.ndarray, list[list[str]], list[int]]:
-    """Materialise a SceneDataset (or any dataset of {"image", "captions", "image_id"}) into arrays."""
-    first = dataset[0]
-    images = np.zeros((len(dataset), *first["image"].shape), dtype=np.uint8)
-    captions, ids = [], []
-    for i in tqdm(range(len(dataset)), desc=desc, leave=False, mininterval=1.0):
-        item = first if i == 0 else dataset[i]
-        images[i] = item["image"]
-        captions.append(list(item["captions"]))
-        ids.append(int(item["image_id"]))
-    return images, captions, ids
+class StreamingPairs(torch.utils.data.IterableDataset):
+    """WebDataset pairs -> tokenised training samples; one caption per image, drawn by (seed, epoch, id)."""
+
+    def __init__(self, spec: str, image_size: int, tokenizer, max_len: int, rank: int, world_size: int,
+                 seed: int, strict: bool):
+        super().__init__()
+        self.pairs = WebDatasetPairs(spec, image_size, rank=rank, world_size=world_size, shuffle=True, seed=seed,
+                                     strict=strict)
+        self.tokenizer, self.max_len, self.seed = tokenizer, max_len, seed
+
+    def set_epoch(self, epoch: int) -> None:
+        self.pairs.set_epoch(epoch)
+
+    def __iter__(self):
+        for sample in self.pairs:
+            caps = sample["captions"]
+            pick = np.random.default_rng([self.seed, self.pairs.epoch, sample["image_id"] % 2**32]).integers(len(caps))
+            enc = self.tokenizer([caps[pick]], self.max_len)
+            yield {"images": torch.from_numpy(sample["image"]), "input_ids": enc["input_ids"][0],
+                   "attention_mask": enc["attention_mask"][0]}

@@ -28,10 +28,9 @@ from typing import Sequence
 import numpy as np
 
 from .scene_vocab import COLORS, PLURALS
-from .text import with_article
+from .text import NUMBER_WORDS, with_article
 
 PROBE_TYPES = ("count", "color_binding", "relation_swap", "absent_object")
-NUMBER_WORDS = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 # Plurals of the COCO category names that do not just take an "s" (the scene shapes use PLURALS).
 _IRREGULAR_PLURALS = {"person": "people", "sheep": "sheep", "skis": "skis", "scissors": "scissors",
                       "knife": "knives", "mouse": "mice", "bus": "buses", "wine glass": "wine glasses",

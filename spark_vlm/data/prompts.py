@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from .padding import right_pad
+
 IMAGE_TOKEN = "<image>"
 END_OF_CHUNK = "<|endofchunk|>"
 
@@ -27,16 +29,12 @@ class FlamingoPrompts:
         return self.tokenizer(" " + caption.strip(), add_special_tokens=False)["input_ids"]
 
     def __call__(self, captions: list[str], max_len: int) -> dict[str, torch.Tensor]:
-        ids = torch.full((len(captions), max_len), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(captions), max_len), -100, dtype=torch.long)
-        mask = torch.zeros((len(captions), max_len), dtype=torch.long)
-        for i, caption in enumerate(captions):
-            body = self.caption_ids(caption)[: max_len - 2]  # keep room for <image> and <|endofchunk|>
-            row = [self.image_id] + body + [self.end_id]
-            ids[i, : len(row)] = torch.tensor(row)
-            labels[i, 1: len(row)] = torch.tensor(row[1:])  # the caption and its end; never <image>
-            mask[i, : len(row)] = 1
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        # Cut the caption to keep room for <image> and <|endofchunk|>.
+        rows = [[self.image_id] + self.caption_ids(c)[: max_len - 2] + [self.end_id] for c in captions]
+        ids, mask = right_pad(rows, self.pad_id, max_len)
+        labels = ids.masked_fill(~mask, -100)
+        labels[:, 0] = -100  # the caption and its end are scored; never <image>
+        return {"input_ids": ids, "attention_mask": mask.long(), "labels": labels}
 
     def generation_prompts(self, batch_size: int, prefix: str = "") -> dict[str, torch.Tensor]:
         """`<image>{prefix}` for every image of a batch (all the same length, so no padding is needed)."""

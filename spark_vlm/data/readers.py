@@ -17,7 +17,7 @@ Supported layouts:
     read_imagefolder        Hugging Face `imagefolder`: metadata.jsonl / metadata.csv with file_name
     read_class_folders      ImageNet-style root/class_name/*.jpg
     read_voc_segmentation   Pascal VOC JPEGImages + SegmentationClass palette PNGs
-    iter_webdataset, WebDatasetPairs   WebDataset tar shards (in webdataset_reader.py)
+    WebDataset tar shards   streamed by webdataset_reader.py
 """
 from __future__ import annotations
 
@@ -33,7 +33,6 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .images import NO_CAPTION, BadSample, SkipCounter, clean_captions, handle_bad, load_image
-from .webdataset_reader import WebDatasetPairs, collate_pairs, iter_webdataset  # noqa: F401 (re-export)
 
 log = logging.getLogger(__name__)
 
@@ -308,7 +307,7 @@ def load_pairs(records: list[dict], image_size: int, strict: bool = False,
     return images[:len(captions)], captions, image_ids
 
 
-def to_hf_dataset(records: list[dict]):
+def records_to_hf_dataset(records: list[dict]):
     """Records -> a `datasets.Dataset` with columns image (lazily decoded from its path), captions,
     image_id, path (+ label when every record has one). Nothing is decoded or checked here:
     `datasets` opens an image only when a row is read, so use load_pairs for the skip accounting."""

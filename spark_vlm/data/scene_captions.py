@@ -2,8 +2,8 @@
 (counts in words for a colour+shape group, colours, sizes that single an object out, spatial relations with a
 clear margin, enumerations, and partial captions), with shape/size synonyms sometimes."""
 
-from spark_vlm.data.scene_vocab import COLORS, NUMBER_WORDS, PLURALS, SHAPE_SYNONYMS, SIZE_SYNONYMS, SIZES
-from spark_vlm.data.text import with_article
+from spark_vlm.data.scene_vocab import COLORS, PLURALS, SHAPE_SYNONYMS, SIZE_SYNONYMS, SIZES
+from spark_vlm.data.text import NUMBER_WORDS, with_article
 
 _BG_WORDS = {"solid": ["plain", "flat"], "gradient": ["gradient", "shaded"],
              "noise": ["textured", "mottled"]}

@@ -1,4 +1,4 @@
-"""Vocabulary of the procedural scene dataset: shapes, their synonyms, colours, sizes, numbers.
+"""Vocabulary of the procedural scene dataset: shapes, their synonyms, colours, sizes (number words: text.py).
 
 Everything that generates or scores captions about the synthetic scenes reads its words from
 here, so the generator, the COCO export and the hallucination metrics agree on one vocabulary.
@@ -45,6 +45,3 @@ SIZES = ("small", "large")
 # Size words as they may appear in captions (canonical first).
 SIZE_SYNONYMS: dict[str, list[str]] = {"small": ["small", "little"], "large": ["large", "big"]}
 WORD_TO_SIZE: dict[str, str] = {w: s for s, words in SIZE_SYNONYMS.items() for w in words}
-
-NUMBER_WORDS = ("one", "two", "three", "four", "five", "six")
-WORD_TO_NUMBER: dict[str, int] = {w: i + 1 for i, w in enumerate(NUMBER_WORDS)}

@@ -5,19 +5,20 @@ pure function of (config.seed, split, index). Fine detail is measurable: every o
 class, colour, size, visible mask and box, and every caption is TRUE about the scene (counts,
 colours, sizes, left/right/above/below), so hallucinations are checkable.
 Reading order: SceneConfig -> _shape_mask -> _background -> generate_scene -> make_captions
-(scene_captions.py) -> SceneDataset (optional disk cache) -> to_hf_dataset.
+(scene_captions.py) -> SceneDataset (optional disk cache) -> cached_scenes (what the trainers use)
+-> scenes_to_hf_dataset.
 """
 
 import functools
-import hashlib
 import json
 import os
-import shutil
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from spark_vlm.data.cache import CACHE_ROOT, build_once, content_key
 from spark_vlm.data.scene_captions import make_captions
 from spark_vlm.data.scene_vocab import COLORS, SHAPES, SIZES
 
@@ -220,20 +221,18 @@ class SceneDataset(torch.utils.data.Dataset):
         self.split, self.num_images, self.config = split, num_images, config
         self.cache_path = None
         if cache_dir is not None:
-            self.cache_path = os.path.join(cache_dir, f"scenes_{split}_{self.cache_key()}")
-            if not os.path.exists(os.path.join(self.cache_path, "meta.json")):
-                self._write_cache()
+            self.cache_path = str(build_once(os.path.join(cache_dir, f"scenes_{split}_{self.cache_key()}"),
+                                             self._write_cache))
             self._images = np.load(os.path.join(self.cache_path, "images.npy"), mmap_mode="r")
             self._labels = np.load(os.path.join(self.cache_path, "labels.npy"), mmap_mode="r")
             with open(os.path.join(self.cache_path, "meta.json")) as f:
                 self._meta = json.load(f)
 
     def cache_key(self) -> str:
-        blob = json.dumps({"config": asdict(self.config), "split": self.split,
-                           "num_images": self.num_images, "version": _CACHE_VERSION}, sort_keys=True)
-        return hashlib.sha1(blob.encode()).hexdigest()[:16]
+        return content_key({"config": asdict(self.config), "split": self.split, "num_images": self.num_images,
+                            "version": _CACHE_VERSION})
 
-    def _write_cache(self):
+    def _write_cache(self, folder: Path) -> None:
         from tqdm import tqdm
         S = self.config.image_size
         images = np.zeros((self.num_images, S, S, 3), np.uint8)
@@ -246,16 +245,11 @@ class SceneDataset(torch.utils.data.Dataset):
                 labels[i][o["mask"]] = k + 1
             meta.append({**{k: v for k, v in sc.items() if k not in ("image", "objects")},
                          "objects": [{k: v for k, v in o.items() if k != "mask"} for o in sc["objects"]]})
-        tmp = self.cache_path + f".tmp{os.getpid()}"   # write aside, then rename: no half caches
-        os.makedirs(tmp, exist_ok=True)
-        np.save(os.path.join(tmp, "images.npy"), images)
-        np.save(os.path.join(tmp, "labels.npy"), labels)
-        with open(os.path.join(tmp, "meta.json"), "w") as f:
+        folder.mkdir()
+        np.save(folder / "images.npy", images)
+        np.save(folder / "labels.npy", labels)
+        with open(folder / "meta.json", "w") as f:
             json.dump(meta, f)
-        try:
-            os.rename(tmp, self.cache_path)
-        except OSError:                                # another process won the race: use theirs
-            shutil.rmtree(tmp, ignore_errors=True)
 
     def __len__(self) -> int:
         return self.num_images
@@ -270,10 +264,26 @@ class SceneDataset(torch.utils.data.Dataset):
                    for k, o in enumerate(rec["objects"])]
         return {**rec, "image": np.array(self._images[i]), "objects": objects}
 
+    def arrays(self) -> tuple[np.ndarray, list[list[str]], list[int]]:
+        """(images uint8 [N, S, S, 3], captions [N][captions_per_image], image_ids): what `CaptionedImages` takes."""
+        if self.cache_path is not None:  # straight from the cache files: no masks rebuilt
+            return (np.array(self._images), [list(r["captions"]) for r in self._meta],
+                    [int(r["image_id"]) for r in self._meta])
+        scenes = [self[i] for i in range(self.num_images)]
+        return (np.stack([s["image"] for s in scenes]), [list(s["captions"]) for s in scenes],
+                [int(s["image_id"]) for s in scenes])
+
+
+def cached_scenes(split: str, num_images: int, image_size: int, min_objects: int = 1, max_objects: int = 6,
+                  seed: int = 0, cache_dir: str | None = None) -> SceneDataset:
+    """The trainers' scenes: generated once into `cache_dir` (default: the cache root's scenes/), then memory-mapped."""
+    config = SceneConfig(image_size=image_size, min_objects=min_objects, max_objects=max_objects, seed=seed)
+    return SceneDataset(split, num_images, config, cache_dir=cache_dir or str(CACHE_ROOT / "scenes"))
+
 
 # ----------------------------------------------------------------------------- HF datasets
 
-def to_hf_dataset(split: str, num_images: int, config: SceneConfig = SceneConfig()):
+def scenes_to_hf_dataset(split: str, num_images: int, config: SceneConfig = SceneConfig()):
     """A `datasets.Dataset` with image (Image feature), image_id, captions, objects (no masks)."""
     import datasets
     from PIL import Image

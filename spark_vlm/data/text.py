@@ -2,6 +2,10 @@
 that training text and evaluation text are written by one rule."""
 from __future__ import annotations
 
+# Counts in words: scene captions go up to six (a scene's most objects), probes up to ten.
+NUMBER_WORDS = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+WORD_TO_NUMBER: dict[str, int] = {w: i + 1 for i, w in enumerate(NUMBER_WORDS)}
+
 
 def with_article(phrase: str) -> str:
     """"a red circle", "an orange star" (the vowel-letter rule; every word of our vocabularies follows it)."""

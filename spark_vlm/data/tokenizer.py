@@ -1,21 +1,19 @@
 """Caption tokenizers: a SentencePiece model trained on the training captions (cached by content), or any
 SentencePiece model / Hugging Face tokenizer directory given by path.
 
-The text encoder uses no BOS/EOS (sparc_method.md): captions become ids padded to a fixed maximum length,
+The text encoder uses no BOS/EOS (as in SPARC): captions become ids padded to a fixed maximum length,
 plus an attention mask (True = real token).
 """
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import os
-import shutil
 from pathlib import Path
 
 import torch
 
-DEFAULT_CACHE = Path(os.environ.get("SPARK_VLM_CACHE", Path.home() / ".cache" / "spark_vlm"))
+from .cache import CACHE_ROOT, build_once, content_key
+from .padding import right_pad
 
 
 class CaptionTokenizer:
@@ -71,12 +69,7 @@ class CaptionTokenizer:
 
     def __call__(self, texts: list[str], max_len: int) -> dict[str, torch.Tensor]:
         """Batch-encode to `input_ids` [B, max_len] and a bool `attention_mask`; long captions are cut."""
-        ids = torch.full((len(texts), max_len), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(texts), max_len), dtype=torch.bool)
-        for i, text in enumerate(texts):
-            toks = self.encode(text)[:max_len]
-            ids[i, : len(toks)] = torch.tensor(toks, dtype=torch.long)
-            mask[i, : len(toks)] = True
+        ids, mask = right_pad([self.encode(text)[:max_len] for text in texts], self.pad_id, max_len)
         return {"input_ids": ids, "attention_mask": mask}
 
 
@@ -91,28 +84,22 @@ def train_sentencepiece(
     import sentencepiece as spm
 
     settings = {"vocab_size": vocab_size, "model_type": model_type, "version": 1}
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    for c in captions:
-        digest.update(c.encode("utf-8") + b"\n")
-    cache = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE / "tokenizers"
-    cached = cache / f"sp-{digest.hexdigest()[:16]}.model"
-    if cached.is_file():
-        return CaptionTokenizer(sp=spm.SentencePieceProcessor(model_file=str(cached)), source=str(cached))
+    folder = Path(cache_dir) if cache_dir is not None else CACHE_ROOT / "tokenizers"
 
-    buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(captions),
-        model_writer=buf,
-        vocab_size=vocab_size,
-        model_type=model_type,
-        hard_vocab_limit=False,
-        pad_id=0, unk_id=1, bos_id=-1, eos_id=-1,  # no BOS/EOS for the text encoder
-        character_coverage=1.0,
-        num_threads=1,
-        minloglevel=2,
-    )
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_bytes(buf.getvalue())
-    shutil.move(str(tmp), str(cached))  # atomic: concurrent ranks never read a half-written model
-    return CaptionTokenizer(sp=spm.SentencePieceProcessor(model_proto=buf.getvalue()), source=str(cached))
+    def train(tmp: Path) -> None:
+        buf = io.BytesIO()
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(captions),
+            model_writer=buf,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            hard_vocab_limit=False,
+            pad_id=0, unk_id=1, bos_id=-1, eos_id=-1,  # no BOS/EOS for the text encoder
+            character_coverage=1.0,
+            num_threads=1,
+            minloglevel=2,
+        )
+        tmp.write_bytes(buf.getvalue())
+
+    model_file = build_once(folder / f"sp-{content_key(settings, captions)}.model", train)
+    return CaptionTokenizer(sp=spm.SentencePieceProcessor(model_file=str(model_file)), source=str(model_file))

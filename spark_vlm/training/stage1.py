@@ -15,9 +15,8 @@ from pathlib import Path
 
 import torch
 
-from ..data.stage1_data import StreamingPairs, stage1_arrays, tokenizer_corpus
-from ..data.pairs import CaptionedImages, to_pixel_values
-from ..data.tokenizer import DEFAULT_CACHE, CaptionTokenizer, train_sentencepiece
+from ..data.images import to_pixel_values
+from ..data.stage1 import build_stage1_data
 from ..losses import clip_loss, filip_loss, sparc_loss
 from ..models import SparkModel
 from .run import Stage
@@ -38,28 +37,6 @@ def stage1_loss(cfg: Stage1Config, model, batch: dict) -> dict[str, torch.Tensor
         return {"loss": filip_loss(out.patch_embeds, out.token_embeds, out.token_mask, out.logit_scale)}
     return sparc_loss(out.image_embeds, out.text_embeds, out.patch_embeds, out.token_embeds, out.token_mask,
                       out.logit_scale, lambda_global=cfg.lambda_global, lambda_fine=cfg.lambda_fine)
-
-
-def build_data(cfg: Stage1Config, accelerator, max_len: int, image_size: int):
-    """data.kind -> tokenizer -> (train dataset, held-out CaptionedImages, tokenizer). Rank 0 fills caches first.
-
-    In-memory kinds give a map-style CaptionedImages; webdataset gives a StreamingPairs that shards itself
-    over ranks and workers (so it is not passed through `accelerator.prepare`)."""
-    d = cfg.data
-    with accelerator.main_process_first():
-        train_arrays, val_arrays = stage1_arrays(d, image_size)
-        if d.tokenizer:
-            tokenizer = CaptionTokenizer.load(d.tokenizer)
-        else:
-            tokenizer = train_sentencepiece(tokenizer_corpus(d, train_arrays), vocab_size=d.vocab_size,
-                                            cache_dir=DEFAULT_CACHE / "tokenizers")
-    if train_arrays is None:
-        train = StreamingPairs(d.train_path, image_size, tokenizer, max_len, accelerator.process_index,
-                               accelerator.num_processes, cfg.train.seed, d.strict)
-    else:
-        train = CaptionedImages(*train_arrays, tokenizer=tokenizer, max_len=max_len, seed=cfg.train.seed)
-    val = CaptionedImages(*val_arrays, tokenizer=tokenizer, max_len=max_len, seed=cfg.train.seed)
-    return train, val, tokenizer
 
 
 def flops_per_sample(model: SparkModel) -> float:
@@ -87,7 +64,8 @@ def export_model(accelerator, model, tokenizer, run_dir: Path) -> None:
 def build_stage1(cfg: Stage1Config, accelerator) -> Stage:
     """Data, model and hooks of stage 1 for the shared run (`run.train`)."""
     arch = cfg.model.spark_config()
-    train_data, val_data, tokenizer = build_data(cfg, accelerator, arch.max_text_len, arch.image_size)
+    train_data, val_data, tokenizer = build_stage1_data(cfg.data, accelerator, arch.max_text_len, arch.image_size,
+                                                        cfg.train.seed)
     model = SparkModel(cfg.model.spark_config(vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_id))
     n_params = sum(p.numel() for p in model.parameters())
     n_train = len(train_data) if hasattr(train_data, "__len__") else "streamed"

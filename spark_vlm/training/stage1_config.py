@@ -40,7 +40,7 @@ class ModelConfig(_SparkKwargs):
 @dataclass
 class DataConfig(SceneDataFields):
     kind: Literal["scenes", "coco", "karpathy", "imagefolder", "webdataset"] = "scenes"
-    # Real data (read from local paths, offline); see spark_vlm/data/stage1_data.py:
+    # Real data (read from local paths, offline); see spark_vlm/data/stage1.py:
     train_path: str | None = None  # coco/karpathy JSON, imagefolder root, or webdataset shard spec
     train_images: str | None = None  # image folder for coco/karpathy
     val_path: str | None = None  # the same for the held-out set (karpathy: its "val" split by default)

@@ -11,7 +11,8 @@ import math
 
 import torch
 
-from ..data.pairs import CaptionedImages, to_pixel_values
+from ..data.images import to_pixel_values
+from ..data.pairs import CaptionedImages
 from ..losses import sparc_alignment, sparc_fine_grained_loss
 from ..metrics.retrieval import retrieval_recall
 

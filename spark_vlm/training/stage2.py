@@ -18,11 +18,9 @@ from pathlib import Path
 
 import torch
 
-from ..data.builtin import add_object_questions, scene_arrays, scene_shapes
-from ..data.scene_vocab import SHAPES
-from ..data.pairs import CaptionedImages, to_pixel_values
-from ..data.prompts import FlamingoPrompts
-from ..data.tokenizer import DEFAULT_CACHE
+from ..data.cache import CACHE_ROOT
+from ..data.images import to_pixel_values
+from ..data.stage2 import stage2_arrays, stage2_datasets
 from ..models import flamingo_io
 from ..models.flamingo import SparkFlamingo
 from .checkpoint import plain_name
@@ -49,7 +47,7 @@ def resolve_lm(cfg: Stage2Config, train_captions: list[list[str]], val_captions:
             raise FileNotFoundError(f"lm.path={cfg.lm.path}: no Hugging Face model directory there (config.json)")
         return cfg.lm.path
     return str(pretrain_standin_lm([c for caps in train_captions for c in caps], [caps[0] for caps in val_captions],
-                                   cache_dir=DEFAULT_CACHE / "lms", lm=cfg.lm.standin, seed=cfg.train.seed))
+                                   cache_dir=CACHE_ROOT / "lms", lm=cfg.lm.standin, seed=cfg.train.seed))
 
 
 def build_model(cfg: Stage2Config, lm_path: str) -> SparkFlamingo:
@@ -113,19 +111,13 @@ def build_stage2(cfg: Stage2Config, accelerator) -> Stage:
     d = cfg.data
     with accelerator.main_process_first():
         image_size = json.loads(stage1_config_file(cfg.vision_checkpoint).read_text())["image_size"]
-        train_arrays = scene_arrays("train", d.num_train, image_size, d.min_objects, d.max_objects, d.seed, d.cache_dir)
-        if d.object_questions:  # optional yes/no question text, so POPE-style probing has something to measure
-            shapes = scene_shapes("train", d.num_train, image_size, d.min_objects, d.max_objects, d.seed, d.cache_dir)
-            questions = add_object_questions(train_arrays[1], shapes, d.object_questions, d.seed, SHAPES)
-            train_arrays = (train_arrays[0], questions, train_arrays[2])
-        val_arrays = scene_arrays("val", d.num_val, image_size, d.min_objects, d.max_objects, d.seed, d.cache_dir)
+        train_arrays, val_arrays = stage2_arrays(d, image_size)
         lm_path = resolve_lm(cfg, train_arrays[1], val_arrays[1])
     with full_weights_on_load(accelerator):
         model = build_model(cfg, lm_path)
         manifest = model.build_manifest(stage2_config=cfg.__class__.__name__, lm_path=os.path.abspath(lm_path))
-        prompts = FlamingoPrompts(model.tokenizer)
-        train_data = CaptionedImages(*train_arrays, tokenizer=prompts, max_len=d.max_text_len, seed=cfg.train.seed)
-        val_data = CaptionedImages(*val_arrays, tokenizer=prompts, max_len=d.max_text_len, seed=cfg.train.seed)
+        train_data, val_data, prompts = stage2_datasets(train_arrays, val_arrays, model.tokenizer, d.max_text_len,
+                                                        cfg.train.seed)
         baseline = text_only_caption_loss(lm_path, val_data, prompts)
 
     n_train = sum(p.numel() for p in model.trainable_parameters())

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..data.pairs import CaptionedImages, to_pixel_values
+from ..data.images import to_pixel_values
+from ..data.pairs import CaptionedImages
 from ..data.prompts import FlamingoPrompts
 
 

@@ -8,11 +8,9 @@ statistics but has never seen an image: exactly the baseline the visual layers m
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -20,6 +18,8 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
+from ..data.cache import build_once, content_key
+from ..data.padding import right_pad
 from .config import check
 
 EOS, PAD = "<|endoftext|>", "<pad>"
@@ -59,15 +59,8 @@ def build_lm(arch: str, vocab_size: int, width: int, layers: int, heads: int, ma
 
 def pad_rows(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-pad token rows: (input_ids, attention_mask, labels with -100 on padding)."""
-    length = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), length), pad_id)
-    labels = torch.full((len(rows), length), -100)
-    mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for i, r in enumerate(rows):
-        input_ids[i, : len(r)] = torch.tensor(r)
-        labels[i, : len(r)] = torch.tensor(r)
-        mask[i, : len(r)] = 1
-    return input_ids, mask, labels
+    input_ids, mask = right_pad(rows, pad_id)
+    return input_ids, mask.long(), input_ids.masked_fill(~mask, -100)
 
 
 def lm_batches(tokenizer, texts: list[str], batch_size: int, max_len: int, seed: int):
@@ -109,44 +102,34 @@ def pretrain_standin_lm(train_texts: list[str], val_texts: list[str], cache_dir:
     # The cache key: these names and values must not change, or every cached stand-in is retrained.
     settings = dict(arch=arch, vocab_size=vocab_size, width=width, layers=layers, heads=heads, max_len=max_len,
                     context=context, steps=steps, batch_size=batch_size, lr=lr, seed=seed, version=1)
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    for t in train_texts:
-        digest.update(t.encode() + b"\n")
-    out = Path(cache_dir) / f"standin-lm-{arch}-{digest.hexdigest()[:16]}"
-    if (out / "standin_lm.json").is_file():
-        return out
 
-    torch.manual_seed(seed)
-    tokenizer = train_bpe_tokenizer(train_texts, vocab_size)
-    # The context is longer than any caption so that few-shot prompts (POPE probing) still fit.
-    model = build_lm(arch, len(tokenizer), width, layers, heads, context, tokenizer.pad_token_id, tokenizer.eos_token_id)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
-    batches = lm_batches(tokenizer, train_texts, batch_size, max_len, seed)
-    model.train()
-    bar = tqdm(range(steps), desc="stand-in LM", leave=False)
-    for _ in bar:
-        input_ids, mask, labels = next(batches)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not torch.cuda.is_available()):
-            loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-    val_loss = caption_lm_loss(model, tokenizer, val_texts, max_len)
+    def train(folder: Path) -> None:
+        torch.manual_seed(seed)
+        tokenizer = train_bpe_tokenizer(train_texts, vocab_size)
+        # The context is longer than any caption so that few-shot prompts (POPE probing) still fit.
+        model = build_lm(arch, len(tokenizer), width, layers, heads, context, tokenizer.pad_token_id, tokenizer.eos_token_id)
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.98))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+        batches = lm_batches(tokenizer, train_texts, batch_size, max_len, seed)
+        model.train()
+        bar = tqdm(range(steps), desc="stand-in LM", leave=False)
+        for _ in bar:
+            input_ids, mask, labels = next(batches)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not torch.cuda.is_available()):
+                loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        val_loss = caption_lm_loss(model, tokenizer, val_texts, max_len)
 
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "standin_lm.json").write_text(json.dumps({**settings, "val_caption_loss": val_loss,
-                                                      "note": "stand-in for a pretrained LM, trained on captions only"}, indent=2))
-    try:
-        os.replace(tmp, out)
-    except OSError:  # another process finished first: use theirs
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        (folder / "standin_lm.json").write_text(json.dumps({**settings, "val_caption_loss": val_loss,
+                                                            "note": "stand-in for a pretrained LM, trained on captions only"}, indent=2))
+
+    return build_once(Path(cache_dir) / f"standin-lm-{arch}-{content_key(settings, train_texts)}", train)
 
 
 @torch.no_grad()

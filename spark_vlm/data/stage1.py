@@ -1,4 +1,6 @@
-"""Stage-1 data sources behind one config key, `data.kind`:
+"""Stage-1 data: a config's `data` section -> (train dataset, held-out dataset, caption tokenizer).
+
+The sources sit behind one config key, `data.kind`:
 
   scenes       the built-in procedural scenes (default)
   coco         COCO captions JSON (2014/2017) + image folder          data.train_path / data.train_images
@@ -9,17 +11,19 @@
 Each gives training pairs and a small held-out set for the periodic retrieval eval (`data.val_path`, or
 the Karpathy "val" split, or the last `data.num_val` training images when no val set is named). Bad images
 and empty captions are skipped and counted (`data.strict=true` stops at the first one, naming the file).
+The tokenizer is `data.tokenizer` when given, else a SentencePiece model trained on the training captions.
 """
 from __future__ import annotations
 
 import logging
 
 import numpy as np
-import torch
 
-from .builtin import scene_arrays
 from .images import SkipCounter
+from .pairs import CaptionedImages, StreamingPairs
 from .readers import load_pairs, read_coco_captions, read_imagefolder, read_karpathy
+from .scenes import cached_scenes
+from .tokenizer import CaptionTokenizer, train_sentencepiece
 from .webdataset_reader import WebDatasetPairs, iter_webdataset
 
 log = logging.getLogger(__name__)
@@ -63,9 +67,9 @@ def webdataset_arrays(spec: str, image_size: int, limit: int, strict: bool):
 def stage1_arrays(d, image_size: int):
     """(train, val) as (images, captions, ids) arrays; train is None for webdataset (it streams)."""
     if d.kind == "scenes":
-        train = scene_arrays("train", d.num_train, image_size, d.min_objects, d.max_objects, d.seed, d.cache_dir)
-        val = scene_arrays("val", d.num_val, image_size, d.min_objects, d.max_objects, d.seed, d.cache_dir)
-        return train, val
+        train = cached_scenes("train", d.num_train, image_size, d.min_objects, d.max_objects, d.seed, d.cache_dir)
+        val = cached_scenes("val", d.num_val, image_size, d.min_objects, d.max_objects, d.seed, d.cache_dir)
+        return train.arrays(), val.arrays()
     if d.kind == "webdataset":
         if not d.val_path:
             raise ValueError("data.val_path: webdataset training needs held-out shards for the retrieval eval")
@@ -96,23 +100,21 @@ def tokenizer_corpus(d, train, limit: int = 200_000) -> list[str]:
     return corpus
 
 
-class StreamingPairs(torch.utils.data.IterableDataset):
-    """WebDataset pairs -> tokenised training samples; one caption per image, drawn by (seed, epoch, id)."""
+def build_stage1_data(d, accelerator, max_len: int, image_size: int, seed: int):
+    """`data` section -> (train dataset, held-out CaptionedImages, tokenizer). Rank 0 fills the caches first.
 
-    def __init__(self, spec: str, image_size: int, tokenizer, max_len: int, rank: int, world_size: int,
-                 seed: int, strict: bool):
-        super().__init__()
-        self.pairs = WebDatasetPairs(spec, image_size, rank=rank, world_size=world_size, shuffle=True, seed=seed,
-                                     strict=strict)
-        self.tokenizer, self.max_len, self.seed = tokenizer, max_len, seed
-
-    def set_epoch(self, epoch: int) -> None:
-        self.pairs.set_epoch(epoch)
-
-    def __iter__(self):
-        for sample in self.pairs:
-            caps = sample["captions"]
-            pick = np.random.default_rng([self.seed, self.pairs.epoch, sample["image_id"] % 2**32]).integers(len(caps))
-            enc = self.tokenizer([caps[pick]], self.max_len)
-            yield {"images": torch.from_numpy(sample["image"]), "input_ids": enc["input_ids"][0],
-                   "attention_mask": enc["attention_mask"][0]}
+    In-memory kinds give a map-style CaptionedImages; webdataset gives a StreamingPairs that shards itself
+    over ranks and workers (so it is not passed through `accelerator.prepare`)."""
+    with accelerator.main_process_first():
+        train_arrays, val_arrays = stage1_arrays(d, image_size)
+        if d.tokenizer:
+            tokenizer = CaptionTokenizer.load(d.tokenizer)
+        else:
+            tokenizer = train_sentencepiece(tokenizer_corpus(d, train_arrays), vocab_size=d.vocab_size)
+    if train_arrays is None:
+        train = StreamingPairs(d.train_path, image_size, tokenizer, max_len, accelerator.process_index,
+                               accelerator.num_processes, seed, d.strict)
+    else:
+        train = CaptionedImages(*train_arrays, tokenizer=tokenizer, max_len=max_len, seed=seed)
+    val = CaptionedImages(*val_arrays, tokenizer=tokenizer, max_len=max_len, seed=seed)
+    return train, val, tokenizer

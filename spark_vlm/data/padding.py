@@ -1,0 +1,17 @@
+"""Right padding of token rows: the one loop behind caption ids, Flamingo prompts, stand-in LM batches and POPE."""
+from __future__ import annotations
+
+import torch
+
+
+def right_pad(rows: list[list[int]], pad_id: int, length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows -> (ids [N, length] long, padded with `pad_id`; mask [N, length] bool, True on real tokens).
+
+    `length` defaults to the longest row; rows must not be longer (callers cut them first)."""
+    length = max(len(r) for r in rows) if length is None else length
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.bool)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = True
+    return ids, mask
