@@ -10,7 +10,6 @@ token's alignment weights a_lp from `sparc_alignment` (min-max normalised simila
 """
 import argparse
 import math
-import sys
 
 import matplotlib
 
@@ -23,7 +22,7 @@ import torch.nn.functional as F  # noqa: E402
 from spark_vlm.data.images import BadSample, load_image  # noqa: E402
 from spark_vlm.data.pairs import to_pixel_values  # noqa: E402
 from spark_vlm.data.scenes import SceneConfig, generate_scene  # noqa: E402
-from spark_vlm.evaluation import device, load_checkpoint  # noqa: E402
+from spark_vlm.evaluation.stage1_run import device, load_stage1_run  # noqa: E402
 from spark_vlm.losses import sparc_alignment  # noqa: E402
 
 
@@ -62,7 +61,7 @@ def main(argv=None) -> None:
         parser.error("--caption is required with --image")
 
     try:
-        model, tok = load_checkpoint(args.checkpoint)
+        model, tok = load_stage1_run(args.checkpoint)
         size = model.config.image_size
         if args.image:
             image, caption = load_image(args.image, size), args.caption
@@ -70,10 +69,10 @@ def main(argv=None) -> None:
             scene = generate_scene(SceneConfig(image_size=size), "test", args.scene_index)
             image, caption = scene["image"], args.caption or scene["captions"][0]
     except (OSError, ValueError, BadSample) as e:
-        sys.exit(f"error: {e}")
+        parser.exit(2, f"error: {e}\n")
     maps, names = alignment_maps(model, tok, image, caption)
     if not names:
-        sys.exit(f"error: the caption {caption!r} has no tokens")
+        parser.exit(2, f"error: the caption {caption!r} has no tokens\n")
 
     cols = min(6, len(names) + 1)
     rows = math.ceil((len(names) + 1) / cols)

@@ -15,7 +15,7 @@ from spark_vlm.data import coco_export
 from spark_vlm.data.readers import voc_colormap
 from spark_vlm.data.scenes import SceneConfig, generate_scene
 from spark_vlm.data.tokenizer import train_sentencepiece
-from spark_vlm.evaluation import load_checkpoint
+from spark_vlm.evaluation.stage1_run import load_stage1_run
 from spark_vlm.models.dual_encoder import SparkConfig, SparkModel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,10 +58,10 @@ def in_range(*values):
     return all(0.0 <= v <= 100.0 for v in values)
 
 
-def test_load_checkpoint_explains_a_wrong_directory(tmp_path, checkpoint):
+def test_load_stage1_run_explains_a_wrong_directory(tmp_path, checkpoint):
     with pytest.raises(FileNotFoundError, match="not a stage-1 run"):
-        load_checkpoint(tmp_path)
-    model, tok = load_checkpoint(checkpoint)
+        load_stage1_run(tmp_path)
+    model, tok = load_stage1_run(checkpoint)
     assert not model.training and tok.vocab_size == model.config.vocab_size
 
 
