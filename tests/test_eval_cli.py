@@ -164,4 +164,13 @@ def test_retrieval_script_runs_as_a_program(tmp_path, checkpoint):
     assert proc.returncode == 0, proc.stderr
     assert "| protocol |" in proc.stdout and json.loads((tmp_path / "r.json").read_text())["num_images"] == 16
     proc = subprocess.run(cmd + ["--checkpoint", str(tmp_path)], capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode != 0 and "not a stage-1 run" in proc.stderr
+    assert proc.returncode == 2 and "error: " in proc.stderr and "not a stage-1 run" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_input_is_one_error_line_with_exit_code_2(tmp_path, checkpoint, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli("classification").main(["--checkpoint", checkpoint, "--image-dir", str(tmp_path), "--templates", "a cat",
+                                    "--out", str(tmp_path / "cls.json")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: every template needs a {} for the class name\n"
