@@ -6,7 +6,7 @@
 The figure shows the image, then one panel per caption token (its tokenizer piece as the title): the
 token's alignment weights a_lp from `sparc_alignment` (min-max normalised similarities, sparsified at
 1/P, L1-renormalised) over the patch grid, upsampled bilinearly and laid over the image. With
---scene-index and no --caption, the scene's first true caption is used.
+--scene-index and no --caption, the scene's first true caption is used. The maps: spark_vlm/evaluation/alignment.py.
 """
 import argparse
 import math
@@ -15,37 +15,11 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from spark_vlm.data.images import BadSample, load_image  # noqa: E402
-from spark_vlm.data.pairs import to_pixel_values  # noqa: E402
 from spark_vlm.data.scenes import SceneConfig, generate_scene  # noqa: E402
-from spark_vlm.evaluation.stage1_run import device, load_stage1_run  # noqa: E402
-from spark_vlm.losses import sparc_alignment  # noqa: E402
-
-
-def token_names(tok, ids: list[int]) -> list[str]:
-    """The tokenizer's piece for each id ("▁red"), so sub-word splits are visible."""
-    if tok.sp is not None:
-        return [tok.sp.id_to_piece(i) for i in ids]
-    return tok.hf.convert_ids_to_tokens(ids)
-
-
-@torch.no_grad()
-def alignment_maps(model, tok, image, caption: str) -> tuple[torch.Tensor, list[str]]:
-    """Per real token, its alignment weights upsampled to the image: [L, H, W], and the token names."""
-    px = to_pixel_values(torch.from_numpy(np.array(image[None])).to(device()))  # a writable copy
-    enc = tok([caption], model.config.max_text_len)
-    ids, mask = enc["input_ids"].to(device()), enc["attention_mask"].to(device())
-    tokens, token_mask = model.token_embeddings(ids, mask)
-    _, weights = sparc_alignment(model.patch_embeddings(px), tokens, token_mask)  # [1, L, P]
-    n = int(mask.sum())
-    side = model.config.image_size // model.config.patch_size
-    grid = weights[0, :n].reshape(n, 1, side, side).cpu()
-    maps = F.interpolate(grid, size=image.shape[:2], mode="bilinear", align_corners=False)[:, 0]
-    return maps, token_names(tok, ids[0, :n].tolist())
+from spark_vlm.evaluation.alignment import alignment_maps  # noqa: E402
+from spark_vlm.evaluation.stage1_run import load_stage1_run  # noqa: E402
 
 
 def main(argv=None) -> None:

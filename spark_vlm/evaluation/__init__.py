@@ -7,6 +7,7 @@
   classification.py  zero-shot classification of a class-folder tree
   segmentation.py    zero-shot segmentation mIoU (VOC or the built-in scenes)
   probes.py          fine-grained (SugarCrepe-style) probes
+  alignment.py       per-token alignment maps of a caption over its image (for eval/visualize.py)
   captioner.py       load a stage-2 run; caption images or a folder
   captioning.py      caption metrics (BLEU..CIDEr) and CHAIR of a captions file
   pope.py            few-shot yes/no object probing of a captioner (POPE)
