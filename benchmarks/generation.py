@@ -70,7 +70,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.checkpoint:
-        from spark_vlm.captioner import load_captioner
+        from spark_vlm.evaluation.captioner import load_captioner
 
         model, prompts = load_captioner(args.checkpoint)
     else:

@@ -6,16 +6,14 @@
 Class names are the folder names with underscores as spaces. Each class's prompt embeddings (one per
 template; default: CLIP's 7-template ensemble) are averaged into one classifier vector; an image gets
 the class of highest cosine. Reports acc@1, acc@5 and mean per-class recall (percent). Unreadable
-images are skipped and counted (--strict stops instead).
+images are skipped and counted (--strict stops instead). The protocol: spark_vlm/evaluation/classification.py.
 """
 import argparse
-import sys
 
-from spark_vlm.data.images import SkipCounter
-from spark_vlm.data.readers import load_pairs, read_class_folders
-from spark_vlm.evaluation import (CLIP_TEMPLATES, encode_images, encode_prompts, load_checkpoint, skip_summary,
-                                  write_report)
-from spark_vlm.metrics.classification import classification_metrics, zero_shot_classifier
+from spark_vlm.data.images import BadSample
+from spark_vlm.evaluation.classification import classification_report
+from spark_vlm.evaluation.report import write_report
+from spark_vlm.evaluation.stage1_run import CLIP_TEMPLATES
 
 
 def main(argv=None) -> dict:
@@ -27,31 +25,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--strict", action="store_true", help="stop at the first bad image")
     args = parser.parse_args(argv)
-    if any("{}" not in t for t in args.templates):
-        parser.error("every template needs a {} for the class name")
-
     try:
-        model, tok = load_checkpoint(args.checkpoint)
-        records, class_names = read_class_folders(args.image_dir)
-    except (OSError, ValueError) as e:
-        sys.exit(f"error: {e}")
-    if not class_names:
-        sys.exit(f"error: no class folders in {args.image_dir}")
-    counter = SkipCounter(what="images")
-    images, _, kept = load_pairs(records, model.config.image_size, strict=args.strict, counter=counter,
-                                 require_captions=False)
-    labels = [records[i]["label"] for i in kept]  # image_id = record index for class folders
-
-    names = [c.replace("_", " ") for c in class_names]
-    classifier = zero_shot_classifier(encode_prompts(model, tok, names, args.templates, args.batch_size))
-    logits = encode_images(model, images, args.batch_size) @ classifier.t()
-    metrics = classification_metrics(logits, labels, ks=(1, 5))
-
-    result = {"checkpoint": args.checkpoint, "data": args.image_dir, "num_classes": len(names),
-              "num_templates": len(args.templates), **metrics, "class_names": names,
-              "skipped": skip_summary(counter)}
-    write_report(args.out, result, "Zero-shot classification")
-    return result
+        report = classification_report(args.checkpoint, args.image_dir, args.templates, args.batch_size, args.strict)
+    except (OSError, ValueError, BadSample) as e:
+        parser.exit(2, f"error: {e}\n")
+    write_report(report, args.out)
+    return report.result
 
 
 if __name__ == "__main__":

@@ -7,21 +7,35 @@ For each image the best caption among all captions of the set is retrieved by gl
 K-P is the share of its words found in the image's reference captions, K-Pna the same over its nouns
 and adjectives (word lists, not a tagger: see spark_vlm/metrics/kprecision.py). Percent, averaged
 over images. Unreadable images are skipped and counted (--strict stops instead).
+The protocol: spark_vlm/evaluation/retrieval.py.
 """
-from spark_vlm.evaluation import caption_eval_inputs, write_report
-from spark_vlm.metrics.kprecision import k_precision
+import argparse
+
+from spark_vlm.data.images import BadSample
+from spark_vlm.evaluation.data import CaptionData
+from spark_vlm.evaluation.report import write_report
+from spark_vlm.evaluation.retrieval import kprecision_report
 
 
 def main(argv=None) -> dict:
-    args, data, captions, texts, similarity = caption_eval_inputs(__doc__, argv)
-    top1 = similarity.argmax(dim=1).tolist()  # ties -> the first caption: deterministic
-    retrieved = [texts[j] for j in top1]
-    scores = k_precision(retrieved, captions)
-
-    result = {"checkpoint": args.checkpoint, **data, "num_texts": len(texts), **scores,
-              "examples": [{"retrieved": r, "references": c} for r, c in zip(retrieved[:5], captions[:5])]}
-    write_report(args.out, result, "K-Precision of the top-1 retrieved caption")
-    return result
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="stage-1 run directory")
+    parser.add_argument("--out", required=True, help="JSON report to write (a .md table goes next to it)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--annotations", help="COCO captions JSON (captions_val2017.json)")
+    parser.add_argument("--karpathy", help="Karpathy split JSON (dataset_coco.json)")
+    parser.add_argument("--split", default="test", help="Karpathy split (default: test)")
+    parser.add_argument("--image-dir", help="folder of the images named in the annotations")
+    parser.add_argument("--num-images", type=int, default=500, help="built-in scenes only: how many test scenes")
+    parser.add_argument("--strict", action="store_true", help="stop at the first bad image instead of skipping")
+    args = parser.parse_args(argv)
+    source = CaptionData(args.annotations, args.karpathy, args.split, args.image_dir, args.num_images, args.strict)
+    try:
+        report = kprecision_report(args.checkpoint, source, args.batch_size)
+    except (OSError, ValueError, BadSample) as e:
+        parser.exit(2, f"error: {e}\n")
+    write_report(report, args.out)
+    return report.result
 
 
 if __name__ == "__main__":

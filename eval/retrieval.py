@@ -7,27 +7,35 @@
 Reports the standard protocol (an image's own captions are its positives) and a duplicate-aware
 variant (any caption with the same string counts), which matters for template captions such as the
 built-in scenes'. Unreadable images are skipped and counted (--strict stops instead).
+The protocol: spark_vlm/evaluation/retrieval.py.
 """
-import numpy as np
+import argparse
 
-from spark_vlm.evaluation import caption_eval_inputs, write_report
-from spark_vlm.metrics.retrieval import retrieval_recall
-from spark_vlm.metrics.retrieval_dedup import dedup_retrieval_recall
+from spark_vlm.data.images import BadSample
+from spark_vlm.evaluation.data import CaptionData
+from spark_vlm.evaluation.report import write_report
+from spark_vlm.evaluation.retrieval import retrieval_report
 
 
 def main(argv=None) -> dict:
-    args, data, captions, texts, similarity = caption_eval_inputs(__doc__, argv)
-    text_to_image = np.repeat(np.arange(len(captions)), [len(c) for c in captions])
-    standard = retrieval_recall(similarity, text_to_image)
-    dedup = dedup_retrieval_recall(similarity, texts, text_to_image)
-
-    result = {"checkpoint": args.checkpoint, **data, "num_images": len(captions), "num_texts": len(texts),
-              **standard, "dedup": dedup}
-    rows = [{"protocol": name, **{f"{d} R@{k}": r[f"{key}_R@{k}"] for d, key in
-                                  (("i→t", "image_to_text"), ("t→i", "text_to_image")) for k in (1, 5, 10)}}
-            for name, r in (("standard", standard), ("duplicate-aware", dedup))]
-    write_report(args.out, result, "Zero-shot retrieval", rows)
-    return result
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="stage-1 run directory")
+    parser.add_argument("--out", required=True, help="JSON report to write (a .md table goes next to it)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--annotations", help="COCO captions JSON (captions_val2017.json)")
+    parser.add_argument("--karpathy", help="Karpathy split JSON (dataset_coco.json)")
+    parser.add_argument("--split", default="test", help="Karpathy split (default: test)")
+    parser.add_argument("--image-dir", help="folder of the images named in the annotations")
+    parser.add_argument("--num-images", type=int, default=500, help="built-in scenes only: how many test scenes")
+    parser.add_argument("--strict", action="store_true", help="stop at the first bad image instead of skipping")
+    args = parser.parse_args(argv)
+    source = CaptionData(args.annotations, args.karpathy, args.split, args.image_dir, args.num_images, args.strict)
+    try:
+        report = retrieval_report(args.checkpoint, source, args.batch_size)
+    except (OSError, ValueError, BadSample) as e:
+        parser.exit(2, f"error: {e}\n")
+    write_report(report, args.out)
+    return report.result
 
 
 if __name__ == "__main__":

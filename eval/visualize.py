@@ -6,46 +6,20 @@
 The figure shows the image, then one panel per caption token (its tokenizer piece as the title): the
 token's alignment weights a_lp from `sparc_alignment` (min-max normalised similarities, sparsified at
 1/P, L1-renormalised) over the patch grid, upsampled bilinearly and laid over the image. With
---scene-index and no --caption, the scene's first true caption is used.
+--scene-index and no --caption, the scene's first true caption is used. The maps: spark_vlm/evaluation/alignment.py.
 """
 import argparse
 import math
-import sys
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
-from spark_vlm.data.images import BadSample, load_image, to_pixel_values  # noqa: E402
+from spark_vlm.data.images import BadSample, load_image  # noqa: E402
 from spark_vlm.data.scenes import SceneConfig, generate_scene  # noqa: E402
-from spark_vlm.evaluation import device, load_checkpoint  # noqa: E402
-from spark_vlm.losses import sparc_alignment  # noqa: E402
-
-
-def token_names(tok, ids: list[int]) -> list[str]:
-    """The tokenizer's piece for each id ("▁red"), so sub-word splits are visible."""
-    if tok.sp is not None:
-        return [tok.sp.id_to_piece(i) for i in ids]
-    return tok.hf.convert_ids_to_tokens(ids)
-
-
-@torch.no_grad()
-def alignment_maps(model, tok, image, caption: str) -> tuple[torch.Tensor, list[str]]:
-    """Per real token, its alignment weights upsampled to the image: [L, H, W], and the token names."""
-    px = to_pixel_values(torch.from_numpy(np.array(image[None])).to(device()))  # a writable copy
-    enc = tok([caption], model.config.max_text_len)
-    ids, mask = enc["input_ids"].to(device()), enc["attention_mask"].to(device())
-    tokens, token_mask = model.token_embeddings(ids, mask)
-    _, weights = sparc_alignment(model.patch_embeddings(px), tokens, token_mask)  # [1, L, P]
-    n = int(mask.sum())
-    side = model.config.image_size // model.config.patch_size
-    grid = weights[0, :n].reshape(n, 1, side, side).cpu()
-    maps = F.interpolate(grid, size=image.shape[:2], mode="bilinear", align_corners=False)[:, 0]
-    return maps, token_names(tok, ids[0, :n].tolist())
+from spark_vlm.evaluation.alignment import alignment_maps  # noqa: E402
+from spark_vlm.evaluation.stage1_run import load_stage1_run  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -61,7 +35,7 @@ def main(argv=None) -> None:
         parser.error("--caption is required with --image")
 
     try:
-        model, tok = load_checkpoint(args.checkpoint)
+        model, tok = load_stage1_run(args.checkpoint)
         size = model.config.image_size
         if args.image:
             image, caption = load_image(args.image, size), args.caption
@@ -69,10 +43,10 @@ def main(argv=None) -> None:
             scene = generate_scene(SceneConfig(image_size=size), "test", args.scene_index)
             image, caption = scene["image"], args.caption or scene["captions"][0]
     except (OSError, ValueError, BadSample) as e:
-        sys.exit(f"error: {e}")
+        parser.exit(2, f"error: {e}\n")
     maps, names = alignment_maps(model, tok, image, caption)
     if not names:
-        sys.exit(f"error: the caption {caption!r} has no tokens")
+        parser.exit(2, f"error: the caption {caption!r} has no tokens\n")
 
     cols = min(6, len(names) + 1)
     rows = math.ceil((len(names) + 1) / cols)

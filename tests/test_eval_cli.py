@@ -15,7 +15,7 @@ from spark_vlm.data import coco_export
 from spark_vlm.data.readers import voc_colormap
 from spark_vlm.data.scenes import SceneConfig, generate_scene
 from spark_vlm.data.tokenizer import train_sentencepiece
-from spark_vlm.evaluation import load_checkpoint
+from spark_vlm.evaluation.stage1_run import load_stage1_run
 from spark_vlm.models.dual_encoder import SparkConfig, SparkModel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,10 +58,10 @@ def in_range(*values):
     return all(0.0 <= v <= 100.0 for v in values)
 
 
-def test_load_checkpoint_explains_a_wrong_directory(tmp_path, checkpoint):
+def test_load_stage1_run_explains_a_wrong_directory(tmp_path, checkpoint):
     with pytest.raises(FileNotFoundError, match="not a stage-1 run"):
-        load_checkpoint(tmp_path)
-    model, tok = load_checkpoint(checkpoint)
+        load_stage1_run(tmp_path)
+    model, tok = load_stage1_run(checkpoint)
     assert not model.training and tok.vocab_size == model.config.vocab_size
 
 
@@ -164,4 +164,13 @@ def test_retrieval_script_runs_as_a_program(tmp_path, checkpoint):
     assert proc.returncode == 0, proc.stderr
     assert "| protocol |" in proc.stdout and json.loads((tmp_path / "r.json").read_text())["num_images"] == 16
     proc = subprocess.run(cmd + ["--checkpoint", str(tmp_path)], capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode != 0 and "not a stage-1 run" in proc.stderr
+    assert proc.returncode == 2 and "error: " in proc.stderr and "not a stage-1 run" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_input_is_one_error_line_with_exit_code_2(tmp_path, checkpoint, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli("classification").main(["--checkpoint", checkpoint, "--image-dir", str(tmp_path), "--templates", "a cat",
+                                    "--out", str(tmp_path / "cls.json")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: every template needs a {} for the class name\n"

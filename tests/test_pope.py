@@ -1,9 +1,11 @@
-"""POPE question sampling (random / popular / adversarial) and scoring on hand-built fixtures."""
+"""POPE question sampling (random / popular / adversarial), scoring and few-shot examples on hand-built fixtures."""
 
 from collections import Counter
 
 import pytest
 
+from spark_vlm.data.text import object_question
+from spark_vlm.evaluation.pope import choose_shots, qa_text
 from spark_vlm.metrics.pope import object_statistics, parse_yes_no, pope_scores, sample_pope_questions
 
 # Frequencies (images containing the object): person 4, dog 3, car / cat / couch 2,
@@ -103,3 +105,18 @@ def test_parse_yes_no_follows_reference_rule():
     assert parse_yes_no("No, there is not.") == "no"
     assert parse_yes_no("There is no dog in the image.") == "no"
     assert parse_yes_no("Yes. There is no cat, though.") == "yes"  # only the first sentence counts
+
+
+def test_few_shot_examples_come_from_other_images_and_are_true():
+    questions = sample_pope_questions(GT, CATEGORIES, "random", seed=0)
+    shots = choose_shots(questions, GT, CATEGORIES, shots=4, seed=0)
+    assert len(shots) == len(questions) and shots == choose_shots(questions, GT, CATEGORIES, shots=4, seed=0)
+    for q, examples in zip(questions, shots):
+        assert [a for _, _, a in examples] == ["yes", "no", "yes", "no"]
+        for image_id, text, answer in examples:
+            assert image_id != q["image_id"]
+            obj = next(c for c in CATEGORIES if text == object_question(c))
+            assert (obj in GT[image_id]) == (answer == "yes")
+    assert qa_text("Is there a dog in the image?", "yes") == \
+        "<image>Question: Is there a dog in the image? Answer: yes<|endofchunk|>"
+    assert qa_text("Is there a dog in the image?", None).endswith("Answer:")

@@ -101,7 +101,7 @@ def test_plain_run_then_caption_from_the_run_dir(tmp_path, stage1_dir):
     assert "for the frozen text-only LM" in proc.stdout
     check_run_dir(out, 4)
 
-    from spark_vlm.captioner import caption_images, load_captioner
+    from spark_vlm.evaluation.captioner import caption_images, load_captioner
     from spark_vlm.data.scenes import cached_scenes
 
     model, prompts = load_captioner(out)

@@ -169,13 +169,3 @@ def references_from_coco(captions_json: Mapping[str, Any]) -> dict[Hashable, lis
             raise ValueError(f"caption annotation #{i} must have 'image_id' and a string 'caption'")
         references.setdefault(ann["image_id"], []).append(ann["caption"])
     return references
-
-
-def format_table(overall: Mapping[str, float], title: str | None = None) -> str:
-    """A one-row markdown table of the scores (already x100), e.g. for printing."""
-    keys = list(overall)
-    lines = [f"### {title}", ""] if title else []
-    lines.append("| " + " | ".join(keys) + " |")
-    lines.append("|" + "|".join("---:" for _ in keys) + "|")
-    lines.append("| " + " | ".join(f"{overall[k]:.2f}" for k in keys) + " |")
-    return "\n".join(lines)

@@ -345,14 +345,3 @@ def gt_objects_from_coco(instances_json: Mapping[str, Any] | None,
         found = objects.setdefault(ann["image_id"], set())
         found.update(category for _, category in extract_objects(ann["caption"], vocab))
     return objects
-
-
-def format_table(scores: Mapping[str, Any]) -> str:
-    """Markdown table of the headline CHAIR numbers."""
-    return "\n".join([
-        "| CHAIRs | CHAIRi | captions | mentions | mean length | objects/caption |",
-        "|---:|---:|---:|---:|---:|---:|",
-        f"| {scores['CHAIRs']:.2f} | {scores['CHAIRi']:.2f} | {scores['num_captions']} | "
-        f"{scores['num_mentions']} | {scores['mean_caption_length']:.2f} | "
-        f"{scores['mean_objects_per_caption']:.2f} |",
-    ])

@@ -1,6 +1,6 @@
 """Zero-shot classification: a text classifier from class-name prompts, and top-k / per-class metrics.
 
-The protocol (sparc_method.md, as CLIP): each class name is written into one or more prompt templates
+The protocol (the SPARC paper, as CLIP): each class name is written into one or more prompt templates
 ("a photo of a {}."), the text embeddings of a class's templates are L2-normalised, averaged and
 re-normalised into one class vector, and an image is assigned the class with the highest cosine.
 

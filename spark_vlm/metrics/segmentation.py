@@ -1,6 +1,6 @@
 """Zero-shot segmentation: patch scores -> a label map, and mIoU from a confusion matrix.
 
-The protocol (sparc_method.md): every patch gets the class, among the image's ground-truth classes,
+The protocol (the SPARC paper): every patch gets the class, among the image's ground-truth classes,
 whose text embedding is most similar to the patch's dense embedding; the patch-level score map is
 upsampled to the mask resolution and compared with the mask. mIoU is the mean IoU over the foreground
 classes present (in the ground truth or the prediction); background (0) is excluded from the mean and

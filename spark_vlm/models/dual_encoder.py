@@ -1,6 +1,6 @@
 """The SPARK dual encoder: ViT + text Transformer + linear adapters g_v, g_t + the global-path layer h_v.
 
-Exactly as ../shared/docs/sparc_method.md specifies:
+As in SPARC (Bica et al. 2024, "Improving fine-grained understanding in image-text pre-training"):
   patch_embeds  v_p = g_v(f_v(x)_p)                      [B, P, D]
   token_embeds  t_l = g_t(f_t(y)_l)                      [B, L, D] (+ token_mask)
   image_embeds  v̄   = g_v(h_v(mean_p f_v(x)_p))          [B, D]    mean pooling, never a CLS token
@@ -16,14 +16,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from transformers import PretrainedConfig, PreTrainedModel
+from transformers import initialization as hf_init  # unlike nn.init, leaves already-loaded weights alone
 from transformers.utils import ModelOutput
 
 from .encoders import TextTransformer, VisionTransformer
-
-try:
-    from transformers import initialization as hf_init  # transformers 5: respects already-loaded weights
-except ImportError:  # pragma: no cover
-    hf_init = nn.init
 
 # Size presets: what each changes from the SparkConfig defaults, which are the tiny CPU model (ViT 64px/8,
 # 4 layers x 128; text 4 layers x 128; embed 128). "base" is the paper's ViT-B/16 with a 12-layer, 512-wide text

@@ -7,11 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-try:  # transformers >= 4.52: a block that `activation_checkpointing_enable()` knows how to checkpoint
-    from transformers.modeling_layers import GradientCheckpointingLayer as _BlockBase
-except ImportError:  # pragma: no cover - older transformers
-    _BlockBase = nn.Module
+from transformers.modeling_layers import GradientCheckpointingLayer  # what `activation_checkpointing_enable()` wraps
 
 
 class Attention(nn.Module):
@@ -32,7 +28,7 @@ class Attention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(b, n, w))
 
 
-class Block(_BlockBase):
+class Block(GradientCheckpointingLayer):
     """Pre-LN Transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
 
     def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0):

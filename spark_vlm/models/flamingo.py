@@ -207,7 +207,7 @@ class SparkFlamingo(nn.Module):
             layer.activation_checkpointing = enable
 
     # ------------------------------------------------------------------ pieces
-    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def visual_latents(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """[B, M, 3, H, W] (or [B, 3, H, W]) -> visual latents [B, M, num_latents, lm_hidden]."""
         if pixel_values.ndim == 4:
             pixel_values = pixel_values.unsqueeze(1)
@@ -264,7 +264,7 @@ class SparkFlamingo(nn.Module):
                 attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> FlamingoOutput:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        media = self.media_context(self.encode_images(pixel_values), self.media_index(input_ids))
+        media = self.media_context(self.visual_latents(pixel_values), self.media_index(input_ids))
         logits = self.decode(input_ids, attention_mask, self.positions_from_mask(attention_mask), media)
         loss = None
         if labels is not None:  # token t predicts label t+1

@@ -15,22 +15,20 @@ Prompts must be left-padded (generation appends on the right). Generating `<imag
 go with it), so a generated token's media index is the prompt's last one. A row stops at its first stop token
 (`<|endofchunk|>` or the LM's EOS unless `eos_token_ids` is given); the stop token is kept in the output and the
 rest of the row is filled with the tokenizer's pad id (`<|endofchunk|>` if there is none).
+
+`model` is always the SparkFlamingo: flamingo.py imports this module, never the reverse.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
+import torch.nn as nn
 from transformers import DynamicCache
-
-if TYPE_CHECKING:
-    from .flamingo import SparkFlamingo
 
 
 class _Stepper:
     """Owns the growing sequences and all caches of one generate() call; returns next-token logits."""
 
-    def __init__(self, model: "SparkFlamingo", pixel_values: torch.Tensor, input_ids: torch.Tensor,
+    def __init__(self, model: nn.Module, pixel_values: torch.Tensor, input_ids: torch.Tensor,
                  attention_mask: torch.Tensor, repeats: int, use_cache: bool, cache_visual: bool):
         self.model = model
         if pixel_values.ndim == 4:
@@ -42,7 +40,7 @@ class _Stepper:
         self.cache_visual = cache_visual
         self.latents = self.kv = None
         if cache_visual:
-            self.latents = model.encode_images(self.pixel_values)
+            self.latents = model.visual_latents(self.pixel_values)
             self.kv = model.precompute_visual_kv(self.latents)
         self.cache = DynamicCache(config=model.lm.config) if use_cache else None
         self.fed = 0  # how many tokens of `self.ids` the KV cache already holds
@@ -50,7 +48,7 @@ class _Stepper:
     def next_logits(self) -> torch.Tensor:
         """Float logits [rows, vocab + 2] for the token after each current sequence."""
         model = self.model
-        latents = self.latents if self.cache_visual else model.encode_images(self.pixel_values)
+        latents = self.latents if self.cache_visual else model.visual_latents(self.pixel_values)
         media_index = model.media_index(self.ids)
         positions = model.positions_from_mask(self.mask)
         new = slice(self.fed, None) if self.cache is not None else slice(None)
@@ -71,7 +69,7 @@ class _Stepper:
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(tokens), 1)], dim=1)
 
 
-def default_stop_ids(model: "SparkFlamingo") -> list[int]:
+def default_stop_ids(model: nn.Module) -> list[int]:
     ids = {model.eoc_token_id}
     eos = [model.tokenizer.eos_token_id, model.lm.config.get_text_config().eos_token_id]
     for e in eos:
@@ -187,7 +185,7 @@ def _beam_search(stepper: _Stepper, batch: int, beams: int, max_new_tokens: int,
 
 
 @torch.no_grad()
-def generate(model: "SparkFlamingo", pixel_values: torch.Tensor, input_ids: torch.Tensor,
+def generate(model: nn.Module, pixel_values: torch.Tensor, input_ids: torch.Tensor,
              attention_mask: torch.Tensor, max_new_tokens: int = 20, num_beams: int = 1, do_sample: bool = False,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, use_cache: bool = True,
              cache_visual: bool = True, eos_token_ids: list[int] | None = None, length_penalty: float = 1.0,

@@ -7,6 +7,8 @@ parts to a different backbone than the one they were trained with.
 
 Under DeepSpeed ZeRO-3 parameters are partitioned: hash/save/load on the gathered (unpartitioned) model, e.g.
 inside `deepspeed.zero.GatheredParameters(model.parameters())`, or before `deepspeed.initialize`.
+
+Every function takes the SparkFlamingo as its `model` argument: flamingo.py imports this module, never the reverse.
 """
 from __future__ import annotations
 
@@ -14,14 +16,10 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
-
-if TYPE_CHECKING:
-    from .flamingo import SparkFlamingo
 
 FORMAT = "spark-flamingo-trainable/1"
 WEIGHTS_NAME = "trainable.safetensors"
@@ -52,7 +50,7 @@ def ensure_not_partitioned(model: nn.Module, action: str) -> None:
                            f"`deepspeed.zero.GatheredParameters(list(model.parameters()))`")
 
 
-def build_manifest(model: "SparkFlamingo", **extra) -> dict:
+def build_manifest(model: nn.Module, **extra) -> dict:
     ensure_not_partitioned(model, "hash")
     hashes = model.frozen_hashes()
     return {
@@ -71,7 +69,7 @@ def read_manifest(ckpt_dir: str) -> dict:
         return json.load(f)
 
 
-def save_trainable(model: "SparkFlamingo", out_dir: str, manifest: dict | None = None) -> str:
+def save_trainable(model: nn.Module, out_dir: str, manifest: dict | None = None) -> str:
     """Write the trainable tensors and the manifest. A given manifest is completed with the frozen parts' hashes
     (computed now); if it already states a hash, that hash must be the model's."""
     actual = build_manifest(model)
@@ -106,7 +104,7 @@ def check_backbones(saved: dict, actual_hashes: dict[str, str], ckpt_dir: str) -
                 f"{part} has sha256 {actual_hashes[part][:16]}...; refusing to load")
 
 
-def load_trainable(model: "SparkFlamingo", ckpt_dir: str, expected_manifest: dict | None = None) -> dict:
+def load_trainable(model: nn.Module, ckpt_dir: str, expected_manifest: dict | None = None) -> dict:
     """Load trainable weights into `model` after checking the backbones and the key set; returns the manifest.
 
     The model's own frozen hashes are always checked against the saved manifest. `expected_manifest` (optional)

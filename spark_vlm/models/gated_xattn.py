@@ -59,11 +59,6 @@ class MediaContext:
         attn_mask = (media_index[:, :, None] == key_media) | ~has_media[:, :, None]
         return cls(latents=latents, attn_mask=attn_mask[:, None], has_media=has_media[:, :, None], kv=kv)
 
-    def select(self, rows: torch.Tensor) -> "MediaContext":
-        """Keep/reorder batch rows (beam search, finished sequences)."""
-        kv = None if self.kv is None else {i: (k[rows], v[rows]) for i, (k, v) in self.kv.items()}
-        return MediaContext(self.latents[rows], self.attn_mask[rows], self.has_media[rows], kv)
-
 
 class MaskedCrossAttention(nn.Module):
     """Text queries attend to the latents of their own (most recent) image only."""

@@ -1,5 +1,6 @@
 """POPE-style probing of a stage-2 captioner: "Is there a {object} in the image?" answered in open_flamingo's
-few-shot style, the answer being whichever of " yes" / " no" the model finds more likely next.
+few-shot style, the answer being whichever of " yes" / " no" the model finds more likely next. The questions and
+their scores (random / popular / adversarial negatives) come from spark_vlm/metrics/pope.py.
 
 Each query gets `shots` interleaved examples from *other* images first (half answered yes, half no, drawn by
 seed from the ground truth), then the query image:
@@ -10,15 +11,21 @@ A captioner trained on captions alone has never seen this format; near-chance sc
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .data.images import to_pixel_values
-from .data.padding import right_pad
-from .data.prompts import END_OF_CHUNK, IMAGE_TOKEN
-from .data.text import object_question
+from ..data.images import SkipCounter
+from ..data.images import to_pixel_values
+from ..data.padding import right_pad
+from ..data.prompts import END_OF_CHUNK, IMAGE_TOKEN
+from ..data.readers import load_pairs, read_coco_instances
+from ..data.text import object_question
+from ..metrics.pope import SETTINGS, pope_scores, sample_pope_questions
+from .captioner import load_captioner
+from .report import Report, read_json, skip_summary
 
 
 def qa_text(question: str, answer: str | None) -> str:
@@ -72,3 +79,37 @@ def answer_pope(model, tokenizer, questions: list[dict], shots: list[list[tuple]
         last = logits[torch.arange(len(rows)), mask.sum(1) - 1]
         answers.extend("yes" if y > n else "no" for y, n in zip(last[:, yes_id].tolist(), last[:, no_id].tolist()))
     return answers
+
+
+def pope_report(checkpoint, instances: str, image_dir: str, settings=SETTINGS, num_images: int = 100,
+                shots: int = 2, seed: int = 0, batch_size: int = 8) -> Report:
+    """Accuracy, precision, recall, F1 and yes-ratio (percent) per setting, asking about the first `num_images`
+    images (with enough objects) of a COCO instances file; ground truth = the instance annotations' categories."""
+    coco = read_json(instances, "instances")
+    try:
+        per_image, categories = read_coco_instances(instances)
+        coco_images = coco["images"]
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"cannot read instances file {instances}: {e}") from e
+    names = sorted(c["name"] for c in categories)
+    gt = {im["id"]: {a["category"] for a in per_image.get(im["id"], [])} for im in coco_images}
+    model, prompts = load_captioner(checkpoint)
+    records = [{"image_id": im["id"], "path": str(Path(image_dir) / im["file_name"]), "captions": ["-"]}
+               for im in coco_images]
+    counter = SkipCounter(what="images")
+    images, _, ids = load_pairs(records, model.vision.config.image_size, counter=counter)
+    by_id = dict(zip(ids, images))
+    gt = {i: gt[i] for i in ids}
+
+    result = {"num_images_asked": None, "shots": shots, "settings": {}}
+    for setting in settings:
+        questions = sample_pope_questions(gt, names, setting, seed=seed)
+        asked = sorted({q["image_id"] for q in questions})[:num_images]
+        questions = [q for q in questions if q["image_id"] in set(asked)]
+        examples = choose_shots(questions, gt, names, shots, seed)
+        answers = answer_pope(model, prompts.tokenizer, questions, examples, by_id, batch_size)
+        result["settings"][setting] = pope_scores(questions, answers)
+        result["num_images_asked"] = len(asked)
+    result["skipped"] = skip_summary(counter)
+    rows = [{"setting": setting, **scores} for setting, scores in result["settings"].items()]
+    return Report("POPE", result, rows)
