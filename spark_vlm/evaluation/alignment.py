@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.pairs import to_pixel_values
+from ..data.images import to_pixel_values
 from ..losses import sparc_alignment
 from .stage1_run import device
 

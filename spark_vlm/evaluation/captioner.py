@@ -8,8 +8,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data.images import SkipCounter
-from ..data.pairs import to_pixel_values
+from ..data.images import SkipCounter, to_pixel_values
 from ..data.prompts import FlamingoPrompts
 from ..data.readers import IMAGE_EXTENSIONS, load_pairs
 from ..models import flamingo_io

@@ -17,8 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data.images import SkipCounter
-from ..data.images import to_pixel_values
+from ..data.images import SkipCounter, to_pixel_values
 from ..data.padding import right_pad
 from ..data.prompts import END_OF_CHUNK, IMAGE_TOKEN
 from ..data.readers import load_pairs, read_coco_instances

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data.pairs import to_pixel_values
+from ..data.images import to_pixel_values
 from ..data.tokenizer import CaptionTokenizer
 from ..models.dual_encoder import SparkModel
 
