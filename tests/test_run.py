@@ -39,3 +39,36 @@ def test_the_scaffold_compiles_trains_evaluates_and_exports(tmp_path, monkeypatc
     assert json.loads((tmp_path / "eval_results.json").read_text()) == {"step": 4, **result}
     assert exported == [tmp_path, tmp_path]  # at the step-2 checkpoint and at the end
     assert (tmp_path / "config.yaml").is_file()
+
+
+def test_auto_precision_is_bf16_only_where_bf16_is_fast(monkeypatch):
+    from spark_vlm.training import throughput
+
+    cpu = torch.device("cpu")
+    assert throughput.resolve_precision("fp16", cpu) == "fp16"  # an explicit choice is kept
+    for fast in (True, False):
+        monkeypatch.setattr(throughput, "fast_bf16", lambda device, fast=fast: fast)
+        assert throughput.resolve_precision("auto", cpu) == ("bf16" if fast else "fp32")
+
+
+def test_auto_precision_is_recorded_as_what_ran(tmp_path):
+    from spark_vlm.training.throughput import fast_bf16
+
+    cfg = load_config(Stage1Config, None, ["train.max_steps=1", "train.batch_size=8", "train.peak_tflops=1",
+                                           f"train.output_dir={tmp_path}"])
+    assert cfg.train.precision == "auto"
+    train(cfg, toy_stage([]))
+    saved = load_config(Stage1Config, tmp_path / "config.yaml")
+    assert saved.train.precision == ("bf16" if fast_bf16(torch.device("cpu")) else "fp32")
+
+
+def test_peak_measurement_stops_growing_once_a_matmul_is_slow(monkeypatch):
+    from spark_vlm.training import throughput
+
+    sizes = []
+    real_randn = torch.randn
+    monkeypatch.setattr(torch, "randn", lambda n, m, **kw: sizes.append(n) or real_randn(n, m, **kw))
+    clock = iter(range(0, 10_000))  # every perf_counter() call is 1 s later: the first matmul already "slow"
+    monkeypatch.setattr(throughput.time, "perf_counter", lambda: float(next(clock)))
+    peak = throughput.measure_peak_flops(torch.device("cpu"), torch.float32)
+    assert sizes == [256, 256] and peak == pytest.approx(2 * 256**3 / 1.0)

@@ -21,7 +21,7 @@ from .config import save_config
 from .loop import Run, train_loop
 from .optim import build_optimizer, cosine_schedule
 from .sections import TrainConfig
-from .throughput import Throughput, measure_peak_flops
+from .throughput import Throughput, measure_peak_flops, resolve_precision
 
 
 class SetupError(RuntimeError):
@@ -47,6 +47,8 @@ def train(cfg, build: Callable[[object, object], Stage], resume: str | None = No
     from accelerate.utils import set_seed
 
     t = cfg.train
+    # `auto` becomes what runs here, so config.yaml records the precision actually used.
+    t.precision = resolve_precision(t.precision, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     accelerator = make_accelerator(t)
     set_seed(t.seed)
     stage = build(cfg, accelerator)

@@ -35,7 +35,8 @@ class TrainConfig:
     batch_size: int = 128  # per process, per micro-step
     grad_accum_steps: int = 1
     max_steps: int = 1200  # optimiser steps
-    precision: Literal["fp32", "bf16", "fp16"] = "bf16"
+    # auto: bf16 autocast where the device has fast bf16 matmuls (CUDA, CPUs with AVX512-BF16/AMX), else fp32
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     grad_checkpointing: bool = False
     compile: bool = False  # torch.compile the model
     log_every: int = 10

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from ..data.cache import build_once, content_key
 from ..data.padding import right_pad
 from .config import check
+from .throughput import fast_bf16
 
 EOS, PAD = "<|endoftext|>", "<pad>"
 
@@ -99,9 +100,11 @@ def pretrain_standin_lm(train_texts: list[str], val_texts: list[str], cache_dir:
     """Train (or reuse from `cache_dir`) a small causal LM on captions; returns its HF directory."""
     arch, vocab_size, width, layers, heads = lm.arch, lm.vocab_size, lm.width, lm.layers, lm.heads
     steps, batch_size, lr = lm.steps, lm.batch_size, lm.lr
+    bf16 = not torch.cuda.is_available() and fast_bf16(torch.device("cpu"))  # autocast only where it is fast
     # The cache key: these names and values must not change, or every cached stand-in is retrained.
     settings = dict(arch=arch, vocab_size=vocab_size, width=width, layers=layers, heads=heads, max_len=max_len,
-                    context=context, steps=steps, batch_size=batch_size, lr=lr, seed=seed, version=1)
+                    context=context, steps=steps, batch_size=batch_size, lr=lr, seed=seed, version=1,
+                    precision="bf16" if bf16 else "fp32")
 
     def train(folder: Path) -> None:
         torch.manual_seed(seed)
@@ -116,7 +119,7 @@ def pretrain_standin_lm(train_texts: list[str], val_texts: list[str], cache_dir:
         bar = tqdm(range(steps), desc="stand-in LM", leave=False)
         for _ in bar:
             input_ids, mask, labels = next(batches)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not torch.cuda.is_available()):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -11,11 +11,38 @@ import time
 import torch
 
 
-def measure_peak_flops(device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 4) -> float:
-    """FLOP/s of a square matmul of `size` in `dtype` on `device` (best of `repeats`)."""
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    torch.matmul(a, b)  # warm-up
+def fast_bf16(device: torch.device) -> bool:
+    """Whether bf16 matmuls are fast here: CUDA with bf16 support, or a CPU with AVX512-BF16 or AMX units.
+    Elsewhere (e.g. an AVX2-only CPU) bf16 falls back to slow kernels: several times slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    cpu = torch.cpu
+    return any(getattr(cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto` -> bf16 where it is fast (see `fast_bf16`), else fp32; an explicit choice is kept."""
+    if precision != "auto":
+        return precision
+    return "bf16" if fast_bf16(device) else "fp32"
+
+
+def measure_peak_flops(device: torch.device, dtype: torch.dtype, max_size: int = 2048, repeats: int = 4) -> float:
+    """FLOP/s of a square matmul in `dtype` on `device` (best of `repeats`). The size grows from 256 until one
+    matmul takes >= 20 ms (or reaches `max_size`), so a slow dtype costs well under a second, not minutes."""
+    size = 256
+    while True:
+        a = torch.randn(size, size, device=device, dtype=dtype)
+        b = torch.randn(size, size, device=device, dtype=dtype)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        torch.matmul(a, b)  # also the warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if size >= max_size or time.perf_counter() - t0 >= 0.02:
+            break
+        size *= 2
     best = float("inf")
     for _ in range(repeats):
         if device.type == "cuda":
