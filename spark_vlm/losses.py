@@ -1,6 +1,6 @@
 """Stage-1 objectives: CLIP (global), FILIP (late interaction) and SPARK/SPARC (global + fine-grained).
 
-Specification: ../shared/docs/sparc_method.md (Bica et al. 2024, Eqs. 1-7). Conventions used everywhere:
+Specification: docs/sparc_method.md (Bica et al. 2024, Eqs. 1-7). Conventions used everywhere:
   patch_embeds [B, P, D]  adapted, un-normalised patch embeddings  v_p = g_v(f_v(x)_p)
   token_embeds [B, L, D]  adapted, un-normalised token embeddings  t_l = g_t(f_t(y)_l)
   token_mask   [B, L]     bool, True = real token

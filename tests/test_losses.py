@@ -1,5 +1,5 @@
 """Tests for spark_vlm.losses against slow, loop-based references written from the spec
-(shared/docs/sparc_method.md: CLIP global loss Eq. 1, SPARC fine-grained loss Eqs. 2-6, FILIP baseline).
+(docs/sparc_method.md: CLIP global loss Eq. 1, SPARC fine-grained loss Eqs. 2-6, FILIP baseline).
 
 The references below loop over examples / tokens / patches with scalar and 1-D torch ops in float64, so
 that autograd through them gives reference gradients too. They are deliberately independent of the

@@ -1,6 +1,6 @@
 """The SPARK dual encoder: ViT + text Transformer + linear adapters g_v, g_t + the global-path layer h_v.
 
-As in SPARC (Bica et al. 2024, "Improving fine-grained understanding in image-text pre-training"):
+As in SPARC (Bica et al. 2024; specified in docs/sparc_method.md):
   patch_embeds  v_p = g_v(f_v(x)_p)                      [B, P, D]
   token_embeds  t_l = g_t(f_t(y)_l)                      [B, L, D] (+ token_mask)
   image_embeds  v̄   = g_v(h_v(mean_p f_v(x)_p))          [B, D]    mean pooling, never a CLS token
