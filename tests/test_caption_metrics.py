@@ -143,6 +143,7 @@ def _coco_files(tmp_path):
     (tmp_path / "results.json").write_text(json.dumps(RESULTS))
 
 
+@pytest.mark.slow  # CLI subprocesses + Java
 def test_cli_end_to_end(tmp_path, full_scores):
     _coco_files(tmp_path)
     out = tmp_path / "scores.json"
@@ -159,6 +160,7 @@ def test_cli_end_to_end(tmp_path, full_scores):
     assert "| Bleu_1 |" in proc.stdout and "CIDEr" in proc.stdout
 
 
+@pytest.mark.slow  # CLI subprocesses + Java
 def test_cli_malformed_json_names_the_file(tmp_path):
     _coco_files(tmp_path)
     bad = tmp_path / "broken_results.json"

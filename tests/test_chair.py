@@ -206,6 +206,7 @@ def test_gt_objects_from_coco_unions_instances_and_captions():
 
 # --- evaluate module and CLI -------------------------------------------------------------------
 
+@pytest.mark.slow  # a CLI subprocess
 def test_chair_evaluate_module_loads_offline_and_matches_library():
     import evaluate
 

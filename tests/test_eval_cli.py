@@ -18,6 +18,8 @@ from spark_vlm.data.tokenizer import train_sentencepiece
 from spark_vlm.evaluation.stage1_run import load_stage1_run
 from spark_vlm.models.dual_encoder import SparkConfig, SparkModel
 
+pytestmark = pytest.mark.slow  # trains a tiny stage-1 run, then runs every CLI end to end
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -599,6 +599,7 @@ def dist_results(tmp_path_factory):
     return world, b, [torch.load(outdir / f"rank{r}.pt") for r in range(world)]
 
 
+@pytest.mark.slow  # 2 gloo processes
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("name", ["clip", "filip", "spark"])
 def test_distributed_matches_single_process(dist_results, name):
@@ -633,6 +634,7 @@ def test_distributed_matches_single_process(dist_results, name):
         torch.testing.assert_close(mean_loss, ref_clip(img, txt, 8.0), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow  # 2 gloo processes
 @pytest.mark.parametrize("layout", ["contiguous", "permuted"])
 def test_gather_with_grad_distributed_backward(dist_results, layout):
     world, b, res = dist_results

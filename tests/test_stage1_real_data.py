@@ -13,6 +13,8 @@ import pytest
 from spark_vlm.data.coco_export import export_coco
 from spark_vlm.data.scenes import SceneConfig
 
+pytestmark = pytest.mark.slow  # training runs in subprocesses on real-data layouts
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["model.image_size=32", "model.patch_size=8", "model.vision_width=32", "model.vision_layers=1",
         "model.vision_heads=2", "model.text_width=32", "model.text_layers=1", "model.text_heads=2",
@@ -73,6 +75,9 @@ def test_karpathy_and_imagefolder(coco, tmp_path):
     proc = run(["data.kind=karpathy", f"data.train_path={tmp_path / 'dataset_coco.json'}",
                 f"data.train_images={coco}", f"train.output_dir={tmp_path / 'k'}"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # train + restval train (images 5..15; the missing file is skipped), "val" is held out (images 0..4, one corrupt)
+    assert "11 train / 4 val images" in proc.stdout and "held-out retrieval on 4 images" in proc.stdout
+    assert (tmp_path / "k" / "model.safetensors").is_file()
 
     folder = coco / "train"
     with open(folder / "metadata.jsonl", "w") as f:
@@ -80,6 +85,9 @@ def test_karpathy_and_imagefolder(coco, tmp_path):
             f.write(json.dumps({"file_name": im["file_name"], "text": by_image.get(im["id"], [""])[0]}) + "\n")
     proc = run(["data.kind=imagefolder", f"data.train_path={folder}", f"train.output_dir={tmp_path / 'i'}"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # 14 listed, the corrupt first image skipped, the last data.num_val=4 held out
+    assert "9 train / 4 val images" in proc.stdout and "held-out retrieval on 4 images" in proc.stdout
+    assert (tmp_path / "i" / "model.safetensors").is_file()
 
 
 def write_shards(coco, out: Path, split: str, shards: int):

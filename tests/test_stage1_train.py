@@ -13,6 +13,8 @@ from safetensors.torch import load_file
 from spark_vlm.data.tokenizer import CaptionTokenizer
 from spark_vlm.models import SparkModel
 
+pytestmark = pytest.mark.slow  # training runs in subprocesses (incl. 2 gloo ranks)
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = str(REPO / "stage1_pretrain" / "train.py")
 TINY = ["model.image_size=32", "model.patch_size=8", "model.vision_width=32", "model.vision_layers=1",

@@ -14,6 +14,8 @@ from spark_vlm.data.prompts import FlamingoPrompts
 from spark_vlm.models import SparkConfig, SparkModel
 from spark_vlm.training.standin_lm import StandinLM, pretrain_standin_lm, train_bpe_tokenizer
 
+pytestmark = pytest.mark.slow  # training runs in subprocesses (incl. DeepSpeed ZeRO-2/3)
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = str(REPO / "stage2_vlm" / "train.py")
 CAPTIONS = ["two red circles", "a blue square left of a green star", "one yellow ring", "three small crosses",
@@ -174,3 +176,30 @@ def test_object_questions_train(tmp_path, stage1_dir):
     proc = run(TINY + [f"vision_checkpoint={stage1_dir}", f"train.output_dir={out}", "train.max_steps=2",
                        "train.eval_every=0", "train.save_every=0", "data.object_questions=2"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r.get("kind") is None] == [1, 2]
+    assert (out / "trainable.safetensors").is_file()
+
+
+def test_object_questions_are_true_and_balanced(tmp_path):
+    """The training text `data.object_questions=2` adds: per image one question about a present shape answered
+    "yes" and one about an absent shape answered "no", in the POPE probe's wording."""
+    from spark_vlm.data.scene_vocab import SHAPES
+    from spark_vlm.data.scenes import cached_scenes
+    from spark_vlm.data.stage2 import stage2_arrays
+    from spark_vlm.data.text import object_question
+    from spark_vlm.training.config import load_config
+    from spark_vlm.training.stage2_config import Stage2Config
+
+    d = load_config(Stage2Config, None, ["data.num_train=20", "data.num_val=2", "data.object_questions=2",
+                                         f"data.cache_dir={tmp_path}"]).data
+    (_, captions, _), _ = stage2_arrays(d, 32)
+    scenes = cached_scenes("train", 20, 32, cache_dir=str(tmp_path))
+    for i, caps in enumerate(captions):
+        present = {o["shape"] for o in scenes[i]["objects"]}
+        assert caps[:-2] == scenes[i]["captions"]
+        answers = {}
+        for q in caps[-2:]:
+            shape = next(s for s in SHAPES if q == f"Question: {object_question(s)} Answer: {'yes' if s in present else 'no'}")
+            answers[shape in present] = shape
+        assert set(answers) == {True, False}
