@@ -12,7 +12,7 @@ from .pairs import CaptionedImages
 from .prompts import FlamingoPrompts
 from .scene_vocab import SHAPES
 from .scenes import cached_scenes
-from .text import object_question
+from .text import object_question, question_answer
 
 
 def add_object_questions(captions: list[list[str]], shapes: list[set[str]], per_image: int, seed: int,
@@ -30,7 +30,7 @@ def add_object_questions(captions: list[list[str]], shapes: list[set[str]], per_
             if not pool:
                 continue
             obj = rng.choice(pool)
-            extra.append(f"Question: {object_question(obj)} Answer: {answer}")
+            extra.append(question_answer(object_question(obj), answer))
         out.append(list(caps) + extra)
     return out
 

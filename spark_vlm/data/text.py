@@ -15,3 +15,9 @@ def with_article(phrase: str) -> str:
 def object_question(name: str) -> str:
     """The POPE question about one object: "Is there a star in the image?" (training text and probing agree)."""
     return f"Is there {with_article(name)} in the image?"
+
+
+def question_answer(question: str, answer: str | None = None) -> str:
+    """"Question: Is there a star in the image? Answer: yes"; without an answer the text ends at "Answer:" (a probe)."""
+    text = f"Question: {question} Answer:"
+    return text if answer is None else f"{text} {answer}"

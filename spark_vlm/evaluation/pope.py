@@ -21,15 +21,16 @@ from ..data.images import SkipCounter, to_pixel_values
 from ..data.padding import right_pad
 from ..data.prompts import END_OF_CHUNK, IMAGE_TOKEN
 from ..data.readers import load_pairs, read_coco_instances
-from ..data.text import object_question
+from ..data.text import object_question, question_answer
 from ..metrics.pope import SETTINGS, pope_scores, sample_pope_questions
 from .captioner import load_captioner
 from .report import Report, read_json, skip_summary
 
 
 def qa_text(question: str, answer: str | None) -> str:
-    text = f"{IMAGE_TOKEN}Question: {question} Answer:"
-    return text if answer is None else f"{text} {answer}{END_OF_CHUNK}"
+    """One interleaved chunk: `<image>Question: ... Answer: yes<|endofchunk|>`, or the open query without answer."""
+    text = IMAGE_TOKEN + question_answer(question, answer)
+    return text if answer is None else text + END_OF_CHUNK
 
 
 def choose_shots(questions: list[dict], gt_objects: dict, all_categories: list[str], shots: int, seed: int):
