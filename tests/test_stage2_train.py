@@ -75,6 +75,19 @@ def test_standin_lm_is_cached_and_loadable(tmp_path):
     assert AutoModelForCausalLM.from_pretrained(llama).config.model_type == "llama"
 
 
+def test_standin_lm_leaves_the_random_state_alone(tmp_path):
+    """Stage 2 must give the same weights whether its stand-in LM was trained now or read from the cache."""
+    settings = StandinLM(width=32, layers=1, heads=2, steps=3, vocab_size=200)
+    after = []
+    for _ in range(2):  # trained, then cached
+        torch.manual_seed(123)
+        pretrain_standin_lm(CAPTIONS, CAPTIONS[:6], tmp_path, settings)
+        after.append(torch.rand(4))
+    torch.manual_seed(123)
+    torch.testing.assert_close(after[0], torch.rand(4))
+    torch.testing.assert_close(after[1], after[0])
+
+
 def test_missing_stage1_is_a_clear_error(tmp_path):
     proc = run(TINY + [f"vision_checkpoint={tmp_path / 'nope'}", f"train.output_dir={tmp_path / 'out'}"], tmp_path)
     assert proc.returncode == 2

@@ -107,30 +107,32 @@ def pretrain_standin_lm(train_texts: list[str], val_texts: list[str], cache_dir:
                     precision="bf16" if bf16 else "fp32")
 
     def train(folder: Path) -> None:
-        torch.manual_seed(seed)
-        tokenizer = train_bpe_tokenizer(train_texts, vocab_size)
-        # The context is longer than any caption so that few-shot prompts (POPE probing) still fit.
-        model = build_lm(arch, len(tokenizer), width, layers, heads, context, tokenizer.pad_token_id, tokenizer.eos_token_id)
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.98))
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
-        batches = lm_batches(tokenizer, train_texts, batch_size, max_len, seed)
-        model.train()
-        bar = tqdm(range(steps), desc="stand-in LM", leave=False)
-        for _ in bar:
-            input_ids, mask, labels = next(batches)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        val_loss = caption_lm_loss(model, tokenizer, val_texts, max_len)
+        # Its own RNG stream: the caller's random state must not depend on whether the LM was cached.
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            tokenizer = train_bpe_tokenizer(train_texts, vocab_size)
+            # The context is longer than any caption so that few-shot prompts (POPE probing) still fit.
+            model = build_lm(arch, len(tokenizer), width, layers, heads, context, tokenizer.pad_token_id, tokenizer.eos_token_id)
+            opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.98))
+            sched = torch.optim.lr_scheduler.LambdaLR(
+                opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+            batches = lm_batches(tokenizer, train_texts, batch_size, max_len, seed)
+            model.train()
+            bar = tqdm(range(steps), desc="stand-in LM", leave=False)
+            for _ in bar:
+                input_ids, mask, labels = next(batches)
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+            val_loss = caption_lm_loss(model, tokenizer, val_texts, max_len)
 
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-        (folder / "standin_lm.json").write_text(json.dumps({**settings, "val_caption_loss": val_loss,
-                                                            "note": "stand-in for a pretrained LM, trained on captions only"}, indent=2))
+            model.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+            (folder / "standin_lm.json").write_text(json.dumps({**settings, "val_caption_loss": val_loss,
+                                                                "note": "stand-in for a pretrained LM, trained on captions only"}, indent=2))
 
     return build_once(Path(cache_dir) / f"standin-lm-{arch}-{content_key(settings, train_texts)}", train)
 
