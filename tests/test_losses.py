@@ -497,6 +497,32 @@ def test_bf16_autocast_alignment_stays_fp32():
     assert pb.grad is not None and torch.isfinite(pb.grad.float()).all() and torch.isfinite(tb.grad.float()).all()
 
 
+@pytest.mark.parametrize("precision", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", ["clip", "filip", "sparc"])
+def test_every_loss_works_in_every_training_precision(name, precision):
+    """What the trainer does in fp32, bf16 and fp16: low-precision embeddings under autocast. Each loss must give
+    a finite value and finite gradients, close to the fp32 loss of the same (rounded) values. (FILIP once raised
+    "value cannot be converted to type c10::BFloat16 without overflow" under bf16.)"""
+    img, txt, patches, tokens, mask = make_batch(B=4, P=16, L=5, D=32, dtype=torch.float32, seed=3)
+    rounded = [x.to(precision).float() for x in (img, txt, patches, tokens)]
+
+    def loss_of(i, t, p, k):
+        if name == "clip":
+            return clip_loss(i, t, torch.tensor(10.0))
+        if name == "filip":
+            return filip_loss(p, k, mask, torch.tensor(10.0))
+        return sparc_loss(i, t, p, k, mask, torch.tensor(10.0))["loss"]
+
+    low = leaves(*(x.to(precision) for x in (img, txt, patches, tokens)))
+    with torch.autocast("cpu", dtype=precision, enabled=precision != torch.float32):
+        loss = loss_of(*low)
+    loss.float().backward()
+    assert torch.isfinite(loss)
+    used = {"clip": low[:2], "filip": low[2:], "sparc": low}[name]
+    assert all(x.grad is not None and torch.isfinite(x.grad.float()).all() for x in used)
+    torch.testing.assert_close(loss.float(), loss_of(*rounded), rtol=2e-2, atol=2e-2)
+
+
 # ============================================================================================ 3. memory shape
 def test_sparc_memory_no_BxBxLxP_tensor():
     from torch.utils._python_dispatch import TorchDispatchMode
