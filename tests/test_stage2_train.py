@@ -98,7 +98,9 @@ def check_run_dir(out: Path, steps: int):
     records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r.get("kind") is None] == list(range(1, steps + 1))
     evals = [r for r in records if r.get("kind") == "eval"]
-    assert evals and {"val_loss", "val_caption_loss", "val_caption_loss_text_only"} <= set(evals[-1])
+    assert evals and {"val_loss", "val_caption_loss", "val_caption_loss_text_only", "val_caption_loss_shuffled_images",
+                      "val_caption_loss_blank_image", "image_contribution", "distinct_captions"} <= set(evals[-1])
+    assert any(k.startswith("gate_attn.") for k in evals[-1]) and 0 < evals[-1]["distinct_captions"] <= 1
     manifest = json.loads((out / "manifest.json").read_text())
     assert len(manifest["vision"]["sha256"]) == 64 and len(manifest["lm"]["sha256"]) == 64
     from safetensors.torch import load_file
@@ -113,7 +115,7 @@ def test_plain_run_then_caption_from_the_run_dir(tmp_path, stage1_dir):
     proc = run(TINY + [f"vision_checkpoint={stage1_dir}", f"train.output_dir={out}", "train.max_steps=4",
                        "train.eval_every=2", "train.save_every=2"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "for the frozen text-only LM" in proc.stdout
+    assert "for the frozen text-only LM" in proc.stdout and "image contribution (another image - own image)" in proc.stdout
     check_run_dir(out, 4)
 
     from spark_vlm.evaluation.captioner import caption_images, load_captioner

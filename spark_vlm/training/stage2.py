@@ -26,7 +26,8 @@ from ..models.flamingo import SparkFlamingo
 from .checkpoint import plain_name
 from .run import SetupError, Stage
 from .stage2_config import Stage2Config
-from .stage2_eval import caption_losses, model_dtype, text_only_caption_loss
+from .stage2_eval import (caption_losses, distinct_caption_share, gate_values, model_dtype,
+                          text_only_caption_loss)
 from .standin_lm import pretrain_standin_lm
 
 
@@ -130,13 +131,22 @@ def build_stage2(cfg: Stage2Config, accelerator) -> Stage:
     tokenizer = model.tokenizer
 
     def evaluate(m) -> dict:
-        return {**caption_losses(m, val_data, prompts, accelerator.device), "val_caption_loss_text_only": baseline}
+        return {**caption_losses(m, val_data, prompts, accelerator.device), "val_caption_loss_text_only": baseline,
+                "distinct_captions": distinct_caption_share(m, val_data, prompts, accelerator.device),
+                **gate_values(m)}
 
     def summary(step: int, result: dict) -> str:
+        gates = [abs(v) for k, v in result.items() if k.startswith("gate_")]
         return (
-            f"[step {step}] validation caption loss {result['val_caption_loss']:.3f} with the image vs "
-            f"{result['val_caption_loss_text_only']:.3f} for the frozen text-only LM (caption tokens 2..n, "
-            f"{len(val_data)} images); full stage-2 val loss {result['val_loss']:.3f}\n"
+            f"[step {step}] validation caption loss (caption tokens 2..n, {len(val_data)} images): "
+            f"{result['val_caption_loss']:.3f} with each caption's own image | "
+            f"{result['val_caption_loss_shuffled_images']:.3f} with another image | "
+            f"{result['val_caption_loss_blank_image']:.3f} with a blank image | "
+            f"{result['val_caption_loss_text_only']:.3f} for the frozen text-only LM\n"
+            f"image contribution (another image - own image): {result['image_contribution']:+.3f} nats/token; "
+            f"distinct greedy captions {100 * result['distinct_captions']:.0f}% of "
+            f"{min(100, len(val_data))} val images; |tanh gate| max {max(gates, default=0):.3f}; "
+            f"full stage-2 val loss {result['val_loss']:.3f}\n"
             f"trainable weights + manifest saved to {run_dir}/ (eval/caption.py --checkpoint {run_dir})"
         )
 

@@ -1,6 +1,19 @@
-"""The held-out evaluation run during stage-2 training: the captioner's validation losses, and the frozen LM's
-text-only loss on the same caption tokens, the baseline that the visual layers must beat."""
+"""The held-out evaluation run during stage-2 training, every number beside its control:
+
+  val_caption_loss                  the captioner on caption tokens 2..n with each caption's own image
+  val_caption_loss_shuffled_images  the same captions, each with *another* val image
+  val_caption_loss_blank_image      the same captions with a uniform grey image
+  val_caption_loss_text_only        the frozen LM alone on the same tokens (computed once, before training)
+  image_contribution                shuffled - true (nats/token): what reading *this* image adds
+  gate_attn.<layer>, gate_ff.<layer>   tanh of every cross-attention gate (0 = the block adds nothing)
+  distinct_captions                 share of distinct greedy captions over (up to) 100 val images
+
+A low loss means little by itself: "true < text-only" can come from the captioner's extra parameters and
+`<image>`/`<|endofchunk|>` tokens alone; only "true < shuffled" says that the captioner reads the image.
+"""
 from __future__ import annotations
+
+from contextlib import nullcontext
 
 import torch
 
@@ -35,16 +48,65 @@ def _mean_nll(pairs) -> float:
 @torch.no_grad()
 def caption_losses(model, data: CaptionedImages, prompts: FlamingoPrompts, device, batch_size: int = 64) -> dict:
     """Validation losses of the captioner: `val_loss` is the full stage-2 objective (caption + <|endofchunk|>);
-    `val_caption_loss` scores caption tokens 2..n only, the tokens `text_only_caption_loss` also scores."""
+    `val_caption_loss` scores caption tokens 2..n only, the tokens `text_only_caption_loss` also scores; the same
+    with each caption given another val image (image i+1) and with a blank grey image."""
     dtype = model_dtype(model)
-    full, inner_losses = [], []
+    n_images = len(data)
+    full, losses = [], {"": [], "_shuffled_images": [], "_blank_image": []}
     for rows, ids, mask, labels, inner in _first_caption_batches(data, prompts, batch_size):
-        px = to_pixel_values(data.images[rows].to(device), dtype)[:, None]
+        own = data.images[rows]
+        images = {"": own, "_shuffled_images": data.images[(torch.arange(rows.start, rows.stop) + 1) % n_images],
+                  "_blank_image": torch.full_like(own, 128)}
         ids, mask = ids.to(device), mask.to(device)
-        for lab, out in ((labels, full), (inner, inner_losses)):
-            n = int((lab[:, 1:] != -100).sum())
-            out.append((model(px, ids, mask, labels=lab.to(device)).loss.float().item(), n))
-    return {"val_loss": _mean_nll(full), "val_caption_loss": _mean_nll(inner_losses)}
+        n = int((labels[:, 1:] != -100).sum())
+        px = to_pixel_values(own.to(device), dtype)[:, None]
+        full.append((model(px, ids, mask, labels=labels.to(device)).loss.float().item(), n))
+        n = int((inner[:, 1:] != -100).sum())
+        for suffix, imgs in images.items():
+            px = to_pixel_values(imgs.to(device), dtype)[:, None]
+            losses[suffix].append((model(px, ids, mask, labels=inner.to(device)).loss.float().item(), n))
+    out = {"val_loss": _mean_nll(full), **{f"val_caption_loss{k}": _mean_nll(v) for k, v in losses.items()}}
+    out["image_contribution"] = out["val_caption_loss_shuffled_images"] - out["val_caption_loss"]
+    return out
+
+
+def gate_values(model) -> dict:
+    """tanh of each cross-attention block's two gates, by decoder layer (gathered first under ZeRO-3)."""
+    out = {}
+    for layer in model.flamingo_layers():
+        block = layer.gated_xattn
+        if block is None:
+            continue
+        gates = [block.attn_gate, block.ff_gate]
+        with _gathered(gates):
+            out[f"gate_attn.{layer.layer_idx}"] = float(block.attn_gate.detach().float().tanh())
+            out[f"gate_ff.{layer.layer_idx}"] = float(block.ff_gate.detach().float().tanh())
+    return out
+
+
+def _gathered(params):
+    if any(hasattr(p, "ds_id") for p in params):  # partitioned by DeepSpeed ZeRO-3 (a collective: every rank calls)
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(params)
+    return nullcontext()
+
+
+@torch.no_grad()
+def distinct_caption_share(model, data: CaptionedImages, prompts: FlamingoPrompts, device, num_images: int = 100,
+                           batch_size: int = 50, max_new_tokens: int = 20) -> float:
+    """Share of distinct greedy captions over the first `num_images` val images: a captioner that ignores the
+    image writes the same caption for every image (share 1/num_images)."""
+    dtype = model_dtype(model)
+    n = min(num_images, len(data))
+    captions = []
+    for start in range(0, n, batch_size):
+        images = data.images[start:min(start + batch_size, n)]
+        prompt = prompts.generation_prompts(len(images))
+        new_ids = model.generate(to_pixel_values(images.to(device), dtype)[:, None], prompt["input_ids"].to(device),
+                                 prompt["attention_mask"].to(device), max_new_tokens=max_new_tokens)
+        captions.extend(prompts.decode(row) for row in new_ids)
+    return len(set(captions)) / max(n, 1)
 
 
 @torch.no_grad()
