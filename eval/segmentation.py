@@ -1,14 +1,15 @@
-"""Zero-shot semantic segmentation (mIoU) with a stage-1 run, as in the SPARC paper.
+"""Zero-shot semantic segmentation (mIoU) with a stage-1 run: the SPARC paper's protocol and the standard one.
 
     python eval/segmentation.py --checkpoint runs/stage1 --voc-root VOCdevkit/VOC2012 --out seg.json \
-        [--split val] [--class-names aeroplane,bicycle,...] [--templates ...]
+        [--split val] [--class-names aeroplane,bicycle,...] [--templates clip7 | imagenet80 | "a {}." ...]
     python eval/segmentation.py --checkpoint runs/stage1 --out seg.json     # built-in scenes, test split
 
-Each patch's dense embedding (h_v then g_v) is compared with the prompt embeddings of the classes
-present in the image's mask; the argmax per patch, upsampled (bilinear on the scores) to the mask,
-is the prediction. mIoU over the foreground classes present, from one confusion matrix over the set.
-Also reported: the same over images with >= 2 foreground classes (with one class the argmax is
-trivially right on the object), and with ground-truth background pixels ignored.
+Each patch's dense embedding (h_v then g_v) is compared with the class prompt embeddings; each patch
+takes its argmax class and the patch labels are upsampled (nearest) to the mask. Two labelled protocols:
+paper_protocol (the SPARC paper: candidates = the foreground classes present in the image, ground-truth
+background pixels ignored, mIoU over the foreground classes; also over images with >= 2 foreground
+classes) and standard_protocol (candidates = all classes + a "background" prompt, all pixels, mIoU over
+all classes incl. background).
 
 VOC images are resized and center-cropped to the model's input (the CLIP preprocessing), so the
 prediction is compared with the center square of the mask, at the mask's own resolution. Built-in
@@ -31,8 +32,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--split", default="val", help="VOC split file (default: val)")
     parser.add_argument("--class-names", help="comma-separated names of mask indices 1..N "
                                               "(default: the 20 VOC classes)")
-    parser.add_argument("--templates", nargs="+", help="prompt templates with {} (default: CLIP's 7 for VOC, "
-                                                       "scene phrasings for the built-in scenes)")
+    parser.add_argument("--templates", nargs="+", help="a bundled set (clip7, imagenet80) or prompt templates "
+                                                       "with {} (default: clip7 for VOC, the scene phrasings "
+                                                       "for the built-in scenes)")
     parser.add_argument("--num-images", type=int, default=500, help="built-in scenes only (default 500)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--strict", action="store_true", help="stop at the first bad image")

@@ -80,7 +80,15 @@ def test_classification_cli(tmp_path, checkpoint):
     assert out["num_samples"] == 6 and out["num_classes"] == 3 and out["class_names"][0] == "blue thing"
     assert in_range(out["acc@1"], out["acc@5"], out["mean_per_class_recall"])
     assert out["acc@5"] == 100.0  # 3 classes: all within the top 5
+    assert out["chance_acc@1"] == pytest.approx(100 / 3) and out["chance_acc@5"] == 100.0
     assert out["skipped"]["total"] == 1
+    assert out["template_set"] == "custom: 2 templates" and out["class_names_from"] == "folder names"
+    # The default: the bundled 80 templates; a class-name file names the sorted folders.
+    (tmp_path / "names.txt").write_text("navy\ncrimson\nlime\n")
+    out = cli("classification").main(["--checkpoint", checkpoint, "--image-dir", str(tmp_path / "tree"),
+                                      "--class-names", str(tmp_path / "names.txt"), "--out", str(tmp_path / "c.json")])
+    assert out["num_templates"] == 80 and out["template_set"].startswith("imagenet80")
+    assert out["class_names"] == ["navy", "crimson", "lime"]
 
 
 @pytest.fixture(scope="module")
@@ -135,16 +143,22 @@ def test_segmentation_cli_on_voc_and_scenes(tmp_path, checkpoint):
     write_voc(tmp_path / "voc")
     out = run_twice("segmentation", ["--checkpoint", checkpoint, "--voc-root", str(tmp_path / "voc")],
                     tmp_path / "seg.json")
-    assert out["num_images"] == 3 and out["num_images_without_foreground"] == 1 and out["num_images_multiclass"] == 1
-    assert in_range(out["mIoU"], out["mIoU_multiclass"], out["mIoU_foreground_pixels"])
-    # Image 2 has one class: the argmax over the present classes labels it everywhere, so its IoU is its area share.
-    assert out["per_class_IoU"]["bicycle"] == pytest.approx(100 * 200 / 900)
-    assert out["per_class_IoU"]["cat"] is None and len(out["per_class_IoU"]) == 20
+    paper, standard = out["paper_protocol"], out["standard_protocol"]
+    assert out["num_images"] == 3 and paper["num_images_without_foreground"] == 1
+    assert paper["num_images"] == 2 and paper["num_images_multiclass"] == 1
+    assert in_range(paper["mIoU"], paper["mIoU_multiclass"], standard["mIoU"])
+    # Image 2 has one class: the argmax over the present classes labels it everywhere and background pixels are
+    # ignored, so its IoU is 100.
+    assert paper["per_class_IoU"]["bicycle"] == pytest.approx(100.0)
+    assert paper["per_class_IoU"]["cat"] is None and len(paper["per_class_IoU"]) == 20
+    assert len(standard["per_class_IoU"]) == 21 and standard["per_class_IoU"]["background"] is not None
+    assert "background" in standard["protocol"] and out["template_set"].startswith("clip7")
 
     out = run_twice("segmentation", ["--checkpoint", checkpoint, "--num-images", "10"], tmp_path / "seg_scenes.json")
-    assert out["num_images"] == 10 and set(out["per_class_IoU"]) == {"circle", "square", "triangle", "star", "cross",
-                                                                     "diamond", "hexagon", "ring"}
-    assert in_range(out["mIoU"], out["mIoU_multiclass"])
+    assert out["num_images"] == 10 and set(out["paper_protocol"]["per_class_IoU"]) == {
+        "circle", "square", "triangle", "star", "cross", "diamond", "hexagon", "ring"}
+    assert in_range(out["paper_protocol"]["mIoU"], out["paper_protocol"]["mIoU_multiclass"],
+                    out["standard_protocol"]["mIoU"])
 
 
 def test_visualize_writes_png(tmp_path, checkpoint):
@@ -175,4 +189,5 @@ def test_bad_input_is_one_error_line_with_exit_code_2(tmp_path, checkpoint, caps
         cli("classification").main(["--checkpoint", checkpoint, "--image-dir", str(tmp_path), "--templates", "a cat",
                                     "--out", str(tmp_path / "cls.json")])
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err == "error: every template needs a {} for the class name\n"
+    assert capsys.readouterr().err == ("error: template 'a cat' needs exactly one {} for the class name "
+                                       "(or name one bundled set: imagenet80, clip7)\n")

@@ -44,17 +44,33 @@ def test_miou_pools_pixels_over_images():
         confusion_matrix(np.array([5]), np.array([1]), 4)
 
 
-def test_segment_patches_nearest_and_bilinear():
+def test_segment_patches_argmax_per_patch_then_nearest():
     # 2x2 patch grid, two candidate classes with ids 3 and 7: patch (0,0) and (1,1) prefer class 3.
     scores = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
-    nearest = segment_patches(scores, (2, 2), (4, 4), [3, 7], mode="nearest")
     expected = np.array([[3, 3, 7, 7], [3, 3, 7, 7], [7, 7, 3, 3], [7, 7, 3, 3]])
-    assert (nearest == expected).all()
-    # Bilinear keeps each patch's centre pixels; a clear majority stays the same class.
-    bilinear = segment_patches(scores, (2, 2), (4, 4), [3, 7])
-    assert bilinear[0, 0] == 3 and bilinear[3, 3] == 3 and bilinear[0, 3] == 7 and bilinear.dtype == np.int64
+    labels = segment_patches(scores, (2, 2), (4, 4), [3, 7])
+    assert (labels == expected).all() and labels.dtype == np.int64
+    # A weak patch beside a confident one keeps its whole area: argmax first, then upsample. (Bilinear
+    # upsampling of the scores would give pixel 1 the mix 0.75 * [.6, .4] + 0.25 * [0, 1] = [.45, .55] -> 7.)
+    assert segment_patches([[0.6, 0.4], [0.0, 1.0]], (1, 2), (1, 4), [3, 7]).tolist() == [[3, 3, 7, 7]]
+    # A tie goes to the first candidate.
+    assert segment_patches([[0.5, 0.5]], (1, 1), (2, 2), [3, 7]).tolist() == [[3, 3], [3, 3]]
     with pytest.raises(ValueError):
         segment_patches(scores, (2, 3), (4, 4), [3, 7])
+
+
+def test_segment_patches_matches_a_per_pixel_loop():
+    """Uneven sizes (a 3x4 grid onto 7x10 and 3x3 pixels) against the obvious loop over pixels."""
+    rng = np.random.default_rng(0)
+    for out_hw in ((7, 10), (3, 3), (12, 4)):
+        scores = rng.normal(size=(12, 5))
+        ids = [0, 4, 9, 11, 20]
+        got = segment_patches(scores, (3, 4), out_hw, ids)
+        h, w = out_hw
+        for y in range(h):
+            for x in range(w):
+                patch = int(np.floor(y * 3 / h)) * 4 + int(np.floor(x * 4 / w))
+                assert got[y, x] == ids[int(np.argmax(scores[patch]))]
 
 
 # ------------------------------------------------------------------------------------------ classification

@@ -4,9 +4,12 @@
   stage1_run.py      load a stage-1 run; image / text / prompt embeddings in fixed batches
   data.py            the built-in test scenes, or COCO / Karpathy captioned images
   retrieval.py       zero-shot retrieval R@K and K-Precision
+  class_prompts.py   class names and template sets (bundled ImageNet names and CLIP's 80 templates in data/)
   classification.py  zero-shot classification of a class-folder tree
-  segmentation.py    zero-shot segmentation mIoU (VOC or the built-in scenes)
+  segmentation.py    zero-shot segmentation mIoU (VOC or the built-in scenes), the paper's and the standard protocol
   probes.py          fine-grained (SugarCrepe-style) probes
+  sugarcrepe.py      SugarCrepe from its local JSON files + COCO val2017 images
+  mmvp.py            MMVP-VLM from its local Questions.csv + images
   alignment.py       per-token alignment maps of a caption over its image (for eval/visualize.py)
   captioner.py       load a stage-2 run; caption images or a folder
   captioning.py      caption metrics (BLEU..CIDEr) and CHAIR of a captions file

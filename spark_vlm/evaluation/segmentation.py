@@ -1,10 +1,14 @@
-"""Zero-shot semantic segmentation (mIoU) with a stage-1 run, as in the SPARC paper.
+"""Zero-shot semantic segmentation (mIoU) with a stage-1 run, under two labelled protocols.
 
-Each patch's dense embedding (h_v then g_v) is compared with the prompt embeddings of the classes present in the
-image's mask; the argmax per patch, upsampled (bilinear on the scores) to the mask, is the prediction. mIoU over
-the foreground classes present, from one confusion matrix over the set. Also reported: the same over images with
->= 2 foreground classes (with one class the argmax is trivially right on the object), and with ground-truth
-background pixels ignored.
+Each patch's dense embedding (h_v then g_v) is compared with the class prompt embeddings; each patch takes its
+argmax class and the patch labels are upsampled (nearest) to the mask. IoUs come from one confusion matrix over
+the set. Two protocols, each reported under its own key:
+- `paper_protocol` (the SPARC paper): the candidates are the foreground classes present in the image's mask;
+  ground-truth background pixels are ignored; mIoU over the foreground classes. Images without a foreground
+  class are left out (counted). Also given over the images with >= 2 foreground classes (with one class the
+  argmax is trivially right everywhere).
+- `standard_protocol` (VOC with background, as in MaskCLIP-style zero-shot evaluations): the candidates are all
+  classes plus a "background" prompt, on every image and every pixel; mIoU over all classes incl. background.
 
 VOC images are resized and center-cropped to the model's input (the CLIP preprocessing), so the prediction is
 compared with the center square of the mask, at the mask's own resolution. Built-in scene masks: class index =
@@ -22,8 +26,10 @@ from ..metrics.classification import zero_shot_classifier
 from ..metrics.segmentation import confusion_matrix, miou_from_confusion, segment_patches
 from .data import builtin_scenes, scene_images
 from .report import Report, skip_summary
-from .stage1_run import CLIP_TEMPLATES, SCENE_TEMPLATES, iter_pixel_batches, load_stage1_run, prompt_embeddings
+from .class_prompts import resolve_templates
+from .stage1_run import SCENE_TEMPLATES, iter_pixel_batches, load_stage1_run, prompt_embeddings
 
+BACKGROUND = "background"  # the standard protocol's prompt for class 0
 READABLE_VOC = {"diningtable": "dining table", "pottedplant": "potted plant", "tvmonitor": "tv monitor"}
 
 
@@ -67,46 +73,59 @@ def voc_data(voc_root: str, split: str, image_size: int, num_classes: int, stric
 def segmentation_report(checkpoint, voc_root: str | None = None, split: str = "val",
                         class_names: list[str] | None = None, templates=None, num_images: int = 500,
                         batch_size: int = 32, strict: bool = False) -> Report:
-    """VOC (`voc_root`; default class names: the 20 VOC classes, templates: CLIP's 7) or the built-in test
+    """VOC (`voc_root`; default class names: the 20 VOC classes, templates: clip7) or the built-in test
     scenes (their 8 shapes, the scene phrasings)."""
     model, tokenizer = load_stage1_run(checkpoint)
     size = model.config.image_size
     if voc_root:
         names = class_names or [READABLE_VOC.get(c, c) for c in VOC_CLASSES[1:]]
         images, masks, counter = voc_data(voc_root, split, size, len(names) + 1, strict)
-        templates, data = templates or CLIP_TEMPLATES, f"{voc_root} ({split})"
+        templates, template_set = resolve_templates(templates or "clip7")
+        data = f"{voc_root} ({split})"
     else:
         names = list(SHAPES)
         images, masks, counter = scene_data(num_images, size)
-        templates, data = templates or SCENE_TEMPLATES, f"built-in scenes, test split, {len(masks)} images"
+        templates, template_set = (resolve_templates(templates) if templates else
+                                   (SCENE_TEMPLATES, "scene phrasings (the built-in captions' wording)"))
+        data = f"built-in scenes, test split, {len(masks)} images"
 
     num_classes = len(names) + 1  # + background
-    text = zero_shot_classifier(prompt_embeddings(model, tokenizer, names, templates))  # [C, D], class k + 1
+    # row k = class k: a "background" prompt, then the class names
+    text = zero_shot_classifier(prompt_embeddings(model, tokenizer, [BACKGROUND] + names, templates))
     grid = (size // model.config.patch_size,) * 2
-    conf = {key: np.zeros((num_classes, num_classes), dtype=np.int64) for key in ("all", "multi", "fg_pixels")}
+    conf = {key: np.zeros((num_classes, num_classes), dtype=np.int64) for key in ("paper", "multi", "standard")}
     num_multi = num_without_fg = 0
     with torch.no_grad():
         for start, px in iter_pixel_batches(images, batch_size, "segment"):
             scores = model.dense_image_embeddings(px).float().cpu() @ text.t()  # [b, P, C] cosines
             for b in range(len(scores)):
                 gt = masks[start + b]
+                pred = segment_patches(scores[b], grid, gt.shape, range(num_classes))
+                conf["standard"] += confusion_matrix(pred, gt, num_classes, VOC_IGNORE)
                 present = sorted(set(np.unique(gt).tolist()) - {0, VOC_IGNORE})
-                if not present:  # nothing to segment: the protocol scores the classes present
+                if not present:  # nothing to segment: the paper's protocol scores the classes present
                     num_without_fg += 1
                     continue
-                pred = segment_patches(scores[b][:, [c - 1 for c in present]], grid, gt.shape, present)
-                c = confusion_matrix(pred, gt, num_classes, VOC_IGNORE)
-                conf["all"] += c
-                conf["fg_pixels"] += confusion_matrix(pred, np.where(gt == 0, VOC_IGNORE, gt), num_classes, VOC_IGNORE)
+                pred = segment_patches(scores[b][:, present], grid, gt.shape, present)
+                c = confusion_matrix(pred, np.where(gt == 0, VOC_IGNORE, gt), num_classes, VOC_IGNORE)
+                conf["paper"] += c
                 if len(present) >= 2:
                     conf["multi"] += c
                     num_multi += 1
 
-    overall = miou_from_confusion(conf["all"])
+    paper, standard = miou_from_confusion(conf["paper"]), miou_from_confusion(conf["standard"], background=None)
     result = {"checkpoint": checkpoint, "data": data, "num_images": len(masks),
-              "num_images_without_foreground": num_without_fg, "num_images_multiclass": num_multi,
-              "mIoU": overall["miou"], "mIoU_multiclass": miou_from_confusion(conf["multi"])["miou"],
-              "mIoU_foreground_pixels": miou_from_confusion(conf["fg_pixels"])["miou"],
-              "per_class_IoU": {n: overall["per_class_iou"][k + 1] for k, n in enumerate(names)},
-              "templates": list(templates), "skipped": skip_summary(counter)}
+              "paper_protocol": {
+                  "protocol": "candidates = the foreground classes present in the image; ground-truth background "
+                              "pixels ignored; mIoU over the foreground classes",
+                  "mIoU": paper["miou"], "mIoU_multiclass": miou_from_confusion(conf["multi"])["miou"],
+                  "num_images": len(masks) - num_without_fg, "num_images_multiclass": num_multi,
+                  "num_images_without_foreground": num_without_fg,
+                  "per_class_IoU": {n: paper["per_class_iou"][k + 1] for k, n in enumerate(names)}},
+              "standard_protocol": {
+                  "protocol": f"candidates = all {len(names)} classes + a {BACKGROUND!r} prompt on every image; all "
+                              f"pixels; mIoU over all {num_classes} classes incl. background",
+                  "mIoU": standard["miou"],
+                  "per_class_IoU": {n: standard["per_class_iou"][k] for k, n in enumerate([BACKGROUND] + names)}},
+              "template_set": template_set, "templates": list(templates), "skipped": skip_summary(counter)}
     return Report("Zero-shot segmentation", result)

@@ -1,10 +1,10 @@
 """Zero-shot segmentation: patch scores -> a label map, and mIoU from a confusion matrix.
 
 The protocol (the SPARC paper): every patch gets the class, among the image's ground-truth classes,
-whose text embedding is most similar to the patch's dense embedding; the patch-level score map is
-upsampled to the mask resolution and compared with the mask. mIoU is the mean IoU over the foreground
-classes present (in the ground truth or the prediction); background (0) is excluded from the mean and
-pixels marked `ignore_index` (VOC's 255 object borders) are left out of everything.
+whose text embedding is most similar to the patch's dense embedding; the patch label map is upsampled
+(nearest) to the mask resolution and compared with the mask. mIoU is the mean IoU over the foreground
+classes present (in the ground truth or the prediction); background (0) is excluded from the mean unless
+asked for, and pixels marked `ignore_index` (VOC's 255 object borders) are left out of everything.
 
 As in the VOC devkit, IoUs are computed from one confusion matrix accumulated over the whole dataset
 (not averaged per image), so a class's IoU weighs every pixel equally. Pure functions: arrays in,
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 
 def confusion_matrix(pred, gt, num_classes: int, ignore_index: int = 255) -> np.ndarray:
@@ -61,28 +60,22 @@ def miou(pred, gt, num_classes: int, ignore_index: int = 255, background: int | 
     return miou_from_confusion(conf, background)
 
 
-def segment_patches(patch_scores, grid: tuple[int, int], out_hw: tuple[int, int], class_ids,
-                    mode: str = "bilinear") -> np.ndarray:
+def segment_patches(patch_scores, grid: tuple[int, int], out_hw: tuple[int, int], class_ids) -> np.ndarray:
     """Label map [H, W] from patch scores [P, K] over an image's K candidate classes.
 
-    `grid` = (rows, cols) of the patch grid, P = rows * cols in row-major order (the ViT's order).
-    The score map [K, rows, cols] is upsampled to `out_hw` ("bilinear": smooth boundaries, as is usual
-    for dense CLIP evaluations; "nearest": blocky patches), then the argmax over K picks the class and
-    `class_ids[k]` names it. Upsampling scores rather than labels lets neighbouring patches vote at
-    the boundaries.
+    `grid` = (rows, cols) of the patch grid, P = rows * cols in row-major order (the ViT's order). Each
+    patch takes its argmax class (`class_ids[k]`; a tie goes to the first candidate), then the patch label
+    grid is upsampled to `out_hw` by nearest neighbour: pixel (y, x) takes patch (y * rows // H,
+    x * cols // W). Argmax first, then upsampling (not upsampling the scores) is the protocol of the SPARC
+    paper: a pixel's label is its patch's label.
     """
-    scores = torch.as_tensor(patch_scores).detach().cpu().float()
+    scores = torch.as_tensor(patch_scores).detach().cpu().double().numpy()
     class_ids = np.asarray(class_ids, dtype=np.int64)
     rows, cols = grid
-    if scores.dim() != 2 or scores.shape[0] != rows * cols:
+    if scores.ndim != 2 or scores.shape[0] != rows * cols:
         raise ValueError(f"patch_scores must be [rows*cols={rows * cols}, K], got {tuple(scores.shape)}")
     if scores.shape[1] != len(class_ids) or len(class_ids) == 0:
         raise ValueError(f"{scores.shape[1]} score columns but {len(class_ids)} class ids")
-    score_map = scores.t().reshape(1, len(class_ids), rows, cols)
-    if mode == "bilinear":
-        score_map = F.interpolate(score_map, size=tuple(out_hw), mode="bilinear", align_corners=False)
-    elif mode == "nearest":
-        score_map = F.interpolate(score_map, size=tuple(out_hw), mode="nearest")
-    else:
-        raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
-    return class_ids[score_map[0].argmax(dim=0).numpy()]
+    labels = class_ids[scores.argmax(axis=1)].reshape(rows, cols)  # numpy argmax: first maximum wins
+    h, w = out_hw
+    return labels[(np.arange(h) * rows // h)[:, None], (np.arange(w) * cols // w)[None, :]]
