@@ -104,11 +104,13 @@ def test_retrieval_and_kprecision_on_coco_export(tmp_path, coco, checkpoint):
 
 
 def test_probes_cli_on_scenes_and_coco_export(tmp_path, coco, checkpoint):
-    out = run_twice("probes", ["--checkpoint", checkpoint, "--num-images", "12"], tmp_path / "probes.json")
+    out = run_twice("probes", ["--checkpoint", checkpoint, "--num-images", "40"], tmp_path / "probes.json")
     assert set(out["per_type"]) == {"count", "color_binding", "relation_swap", "absent_object"}
-    for v in out["per_type"].values():
-        assert in_range(v["accuracy"]) and v["chance"] == 50.0
-    assert sum(v["num_items"] for v in out["per_type"].values()) + sum(out["skipped_probes"].values()) == 12 * 4
+    for v in out["per_type"].values():  # every score beside chance and its text-only controls
+        assert in_range(v["accuracy"], v["blank_image"]) and v["chance"] == 50.0
+        assert v["shorter_wins"] == v["smaller_number_wins"] == 50.0
+    assert in_range(out["blank_image_mean_accuracy"])
+    assert sum(v["num_items"] for v in out["per_type"].values()) + sum(out["skipped_probes"].values()) == 40 * 4
     out = run_twice("probes", ["--checkpoint", checkpoint, "--instances", str(coco / "annotations" / "instances_val.json"),
                                "--image-dir", str(coco / "val")], tmp_path / "probes_coco.json")
     assert out["num_images"] == 7 and out["skipped"]["total"] == 1 and "color_binding" in out["per_type"]
