@@ -103,6 +103,21 @@ def test_retrieval_and_kprecision_on_coco_export(tmp_path, coco, checkpoint):
     assert in_range(kp["K-P"], kp["K-Pna"]) and kp["num_images"] == 7
 
 
+def test_retrieval_on_scenes_per_caption_kind_with_ceilings(tmp_path, checkpoint):
+    out = run_twice("retrieval", ["--checkpoint", checkpoint, "--num-images", "20"], tmp_path / "retr_scenes.json")
+    by_kind = out["by_kind"]
+    assert set(by_kind) <= {"enumeration", "count", "relation", "partial", "colour", "size", "all"}
+    assert {"enumeration", "count", "all"} <= set(by_kind) and by_kind["all"]["num_texts"] == out["num_texts"] == 100
+    assert sum(r["num_texts"] for k, r in by_kind.items() if k != "all") == 100
+    assert by_kind["all"]["R@1"] == pytest.approx(out["text_to_image_R@1"])  # the same standard number
+    for r in by_kind.values():
+        assert in_range(r["R@1"], r["R@1_ceiling"], r["truth_R@1"], r["truth_R@1_chance"])
+        assert r["R@1"] <= r["truth_R@1"] and r["truth_R@1_ceiling"] == 100.0
+    assert by_kind["enumeration"]["R@1_ceiling"] > by_kind["count"]["R@1_ceiling"]
+    table = (tmp_path / "retr_scenes.md").read_text()
+    assert "truth-aware t→i R@1" in table and "standard, enumeration captions" in table
+
+
 def test_probes_cli_on_scenes_and_coco_export(tmp_path, coco, checkpoint):
     out = run_twice("probes", ["--checkpoint", checkpoint, "--num-images", "40"], tmp_path / "probes.json")
     assert set(out["per_type"]) == {"count", "color_binding", "relation_swap", "absent_object"}
