@@ -5,8 +5,10 @@
         [--annotations captions_val2017.json] --out probes.json
 
 Probes (count, color_binding, relation_swap, absent_object) are written from the ground-truth objects
-(spark_vlm/data/probes.py). An item is passed when the global image-text similarity of the true
-caption is strictly above that of its negative; accuracy per type is reported next to its chance level.
+(spark_vlm/data/probes.py), balanced so that text-only heuristics score chance. An item is passed when the
+global image-text similarity of the true caption is strictly above that of its negative; accuracy per type is
+reported next to its chance level and its text-only controls (the model with a blank grey image, "the shorter
+caption wins", "the smaller number wins").
 The image list comes from --annotations when given, else from --instances. Unreadable images are
 skipped and counted (--strict stops instead). The protocol: spark_vlm/evaluation/probes.py.
 """

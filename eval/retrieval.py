@@ -6,7 +6,9 @@
 
 Reports the standard protocol (an image's own captions are its positives) and a duplicate-aware
 variant (any caption with the same string counts), which matters for template captions such as the
-built-in scenes'. Unreadable images are skipped and counted (--strict stops instead).
+built-in scenes'. On the built-in scenes also per caption kind and truth-aware (a hit on any image the
+caption is true of, from the ground truth), each beside its perfect-model ceiling and chance.
+Unreadable images are skipped and counted (--strict stops instead).
 The protocol: spark_vlm/evaluation/retrieval.py.
 """
 import argparse

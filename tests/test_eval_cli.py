@@ -111,12 +111,29 @@ def test_retrieval_and_kprecision_on_coco_export(tmp_path, coco, checkpoint):
     assert in_range(kp["K-P"], kp["K-Pna"]) and kp["num_images"] == 7
 
 
+def test_retrieval_on_scenes_per_caption_kind_with_ceilings(tmp_path, checkpoint):
+    out = run_twice("retrieval", ["--checkpoint", checkpoint, "--num-images", "20"], tmp_path / "retr_scenes.json")
+    by_kind = out["by_kind"]
+    assert set(by_kind) <= {"enumeration", "count", "relation", "partial", "colour", "size", "all"}
+    assert {"enumeration", "count", "all"} <= set(by_kind) and by_kind["all"]["num_texts"] == out["num_texts"] == 100
+    assert sum(r["num_texts"] for k, r in by_kind.items() if k != "all") == 100
+    assert by_kind["all"]["R@1"] == pytest.approx(out["text_to_image_R@1"])  # the same standard number
+    for r in by_kind.values():
+        assert in_range(r["R@1"], r["R@1_ceiling"], r["truth_R@1"], r["truth_R@1_chance"])
+        assert r["R@1"] <= r["truth_R@1"] and r["truth_R@1_ceiling"] == 100.0
+    assert by_kind["enumeration"]["R@1_ceiling"] > by_kind["count"]["R@1_ceiling"]
+    table = (tmp_path / "retr_scenes.md").read_text()
+    assert "truth-aware t→i R@1" in table and "standard, enumeration captions" in table
+
+
 def test_probes_cli_on_scenes_and_coco_export(tmp_path, coco, checkpoint):
-    out = run_twice("probes", ["--checkpoint", checkpoint, "--num-images", "12"], tmp_path / "probes.json")
+    out = run_twice("probes", ["--checkpoint", checkpoint, "--num-images", "40"], tmp_path / "probes.json")
     assert set(out["per_type"]) == {"count", "color_binding", "relation_swap", "absent_object"}
-    for v in out["per_type"].values():
-        assert in_range(v["accuracy"]) and v["chance"] == 50.0
-    assert sum(v["num_items"] for v in out["per_type"].values()) + sum(out["skipped_probes"].values()) == 12 * 4
+    for v in out["per_type"].values():  # every score beside chance and its text-only controls
+        assert in_range(v["accuracy"], v["blank_image"]) and v["chance"] == 50.0
+        assert v["shorter_wins"] == v["smaller_number_wins"] == 50.0
+    assert in_range(out["blank_image_mean_accuracy"])
+    assert sum(v["num_items"] for v in out["per_type"].values()) + sum(out["skipped_probes"].values()) == 40 * 4
     out = run_twice("probes", ["--checkpoint", checkpoint, "--instances", str(coco / "annotations" / "instances_val.json"),
                                "--image-dir", str(coco / "val")], tmp_path / "probes_coco.json")
     assert out["num_images"] == 7 and out["skipped"]["total"] == 1 and "color_binding" in out["per_type"]

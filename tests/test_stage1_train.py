@@ -41,7 +41,7 @@ def test_tiny_run_writes_a_loadable_run_dir(tmp_path, loss):
     proc = run(TINY + [f"loss={loss}", "train.max_steps=8", "train.eval_every=4", "train.save_every=4",
                        f"train.output_dir={out}"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "R@1 = " in proc.stdout
+    assert "R@1 = " in proc.stdout and "truth-aware (any image the caption is true of)" in proc.stdout
     for name in ("config.json", "model.safetensors", "tokenizer.model", "config.yaml", "eval_results.json"):
         assert (out / name).is_file(), name
     recs = records(out)
@@ -51,6 +51,7 @@ def test_tiny_run_writes_a_loadable_run_dir(tmp_path, loss):
     evals = [r for r in recs if r.get("kind") == "eval"]
     assert [r["step"] for r in evals] == [4, 8] and all(0 <= r["R@1"] <= 100 for r in evals)
     assert {"patches_kept_frac", "align_entropy", "fine_loss_matched", "fine_loss_shuffled"} <= set(evals[0])
+    assert {"truth_R@1", "truth_R@1_ceiling", "text_to_image_R@1_ceiling", "count/truth_R@1"} <= set(evals[0])
     if loss == "sparc":
         assert {"global_loss", "fine_loss"} <= set(recs[0])
     model = SparkModel.from_pretrained(out)

@@ -1,12 +1,18 @@
 """Captions for the procedural scenes: varied templates and word orders, every statement TRUE about the scene
 (counts in words for a colour+shape group, colours, sizes that single an object out, spatial relations with a
-clear margin, enumerations, and partial captions), with shape/size synonyms sometimes."""
+clear margin, enumerations, and partial captions), with shape/size synonyms sometimes. Each caption comes with
+its kind (CAPTION_KINDS), so evaluations can report per kind; scene_truth.py checks a caption against any scene."""
 
 from spark_vlm.data.scene_vocab import COLORS, PLURALS, SHAPE_SYNONYMS, SIZE_SYNONYMS, SIZES
 from spark_vlm.data.text import NUMBER_WORDS, with_article
 
 _BG_WORDS = {"solid": ["plain", "flat"], "gradient": ["gradient", "shaded"],
              "noise": ["textured", "mottled"]}
+
+
+# What a caption states: every group listed with its count and the total (enumeration), one group's count,
+# a relation between two objects, one or two groups (partial), the colours present, the sizes present.
+CAPTION_KINDS = ("enumeration", "count", "relation", "partial", "colour", "size")
 
 
 def _pick(rng, words: list[str], p_other: float) -> str:
@@ -20,8 +26,8 @@ def _join(parts: list[str]) -> str:
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
-def make_captions(objects: list[dict], bg_kind: str, config, rng) -> list[str]:
-    """`captions_per_image` true captions of varied kinds; distinct whenever the scene allows."""
+def make_captions(objects: list[dict], bg_kind: str, config, rng) -> list[tuple[str, str]]:
+    """`captions_per_image` (true caption, its kind) pairs of varied kinds; distinct whenever the scene allows."""
     S, p_syn = config.image_size, config.synonym_prob
     groups: dict[tuple, list[int]] = {}
     for i, o in enumerate(objects):
@@ -60,8 +66,8 @@ def make_captions(objects: list[dict], bg_kind: str, config, rng) -> list[str]:
     def enumerate_():
         order = [keys[k] for k in rng.permutation(len(keys))]
         listing = _join([group_phrase(k) for k in order])
-        return choice([f"{total()}: {listing}", f"there {'are' if N > 1 else 'is'} {total()}: {listing}",
-                       f"{listing}, {total()} in total"])
+        return "enumeration", choice([f"{total()}: {listing}", f"there {'are' if N > 1 else 'is'} {total()}: "
+                                      f"{listing}", f"{listing}, {total()} in total"])
 
     def count():
         multi = [k for k in keys if len(groups[k]) > 1]
@@ -70,7 +76,7 @@ def make_captions(objects: list[dict], bg_kind: str, config, rng) -> list[str]:
         options = [phrase, f"there {'are' if n > 1 else 'is'} {phrase}", f"an image with {phrase}"]
         if N > n:
             options.append(f"{phrase} among {total('shape')}")
-        return choice(options)
+        return "count", choice(options)
 
     def relation():
         ok = [i for i in range(N) if size_need(i) is not None]
@@ -87,23 +93,24 @@ def make_captions(objects: list[dict], bg_kind: str, config, rng) -> list[str]:
         if not pairs:
             return short()
         a, b, rel = choice(pairs)
-        return choice(["{} {} {}", "{} is {} {}", "there is {} {} {}"]).format(describe(a), rel, describe(b))
+        template = choice(["{} {} {}", "{} is {} {}", "there is {} {} {}"])
+        return "relation", template.format(describe(a), rel, describe(b))
 
     def short():                                       # names only some of the objects
         k = min(len(keys), 1 + int(rng.random() < 0.5))
         parts = [group_phrase(keys[j]) for j in rng.permutation(len(keys))[:k]]
         phrase = _join(parts)
         bg = choice(_BG_WORDS[bg_kind])
-        return choice([phrase, f"a picture of {phrase}", f"{phrase} on {with_article(bg)} background"])
+        return "partial", choice([phrase, f"a picture of {phrase}", f"{phrase} on {with_article(bg)} background"])
 
     def colors():
         cs = [c for c in COLORS if any(o["color"] == c for o in objects)]
         cs = [cs[j] for j in rng.permutation(len(cs))]
         if N == 1:
-            return choice([f"a single {cs[0]} shape", f"one {cs[0]} object"])
+            return "colour", choice([f"a single {cs[0]} shape", f"one {cs[0]} object"])
         if len(cs) == 1:
-            return choice([f"only {cs[0]} shapes", f"{total()}, all {cs[0]}"])
-        return choice([f"{_join(cs)} shapes", f"shapes in {_join(cs)}", f"{total()} in {_join(cs)}"])
+            return "colour", choice([f"only {cs[0]} shapes", f"{total()}, all {cs[0]}"])
+        return "colour", choice([f"{_join(cs)} shapes", f"shapes in {_join(cs)}", f"{total()} in {_join(cs)}"])
 
     def sizes():
         parts = []
@@ -112,17 +119,17 @@ def make_captions(objects: list[dict], bg_kind: str, config, rng) -> list[str]:
             if n:
                 noun = choice(["shape", "object"]) + ("s" if n > 1 else "")
                 parts.append(f"{NUMBER_WORDS[n - 1]} {_pick(rng, SIZE_SYNONYMS[s], p_syn)} {noun}")
-        return _join([parts[j] for j in rng.permutation(len(parts))])
+        return "size", _join([parts[j] for j in rng.permutation(len(parts))])
 
     makers = [count, relation, short, colors, sizes]
     plan = [enumerate_] + [makers[j] for j in rng.permutation(len(makers))]
-    captions: list[str] = []
+    captions: list[tuple[str, str]] = []
     for attempt in range(8 * config.captions_per_image):
         if len(captions) == config.captions_per_image:
             break
-        c = plan[attempt % len(plan)]()
-        if c not in captions:
-            captions.append(c)
+        kind, c = plan[attempt % len(plan)]()
+        if all(c != text for text, _ in captions):
+            captions.append((c, kind))
     unique = list(captions)
     while len(captions) < config.captions_per_image:   # tiny scenes may not allow 5 distinct ones
         captions.append(unique[len(captions) % len(unique)])

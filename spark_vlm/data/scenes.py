@@ -195,14 +195,15 @@ def generate_scene(config: SceneConfig, split: str, index: int) -> dict:
         bbox = [float(cols[0]), float(rows[0]), float(cols[-1] - cols[0] + 1), float(rows[-1] - rows[0] + 1)]
         objects.append({"shape": o["shape"], "color": o["color"], "size": o["size"], "bbox": bbox,
                         "mask": m, "area": int(np.count_nonzero(m)), "center": o["center"]})
+    captioned = make_captions(objects, bg_kind, config, rng)
     return {"image_id": IMAGE_ID_OFFSETS[split] + index, "split": split, "image": image,
-            "captions": make_captions(objects, bg_kind, config, rng),
+            "captions": [c for c, _ in captioned], "caption_kinds": [k for _, k in captioned],
             "objects": objects, "background": bg_kind}
 
 
 # ----------------------------------------------------------------------------- torch dataset
 
-_CACHE_VERSION = 1  # bump when generation changes so stale caches are not reused
+_CACHE_VERSION = 2  # bump when generation changes so stale caches are not reused
 
 
 class SceneDataset(torch.utils.data.Dataset):

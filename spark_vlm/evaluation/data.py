@@ -39,8 +39,10 @@ class CaptionData:
     strict: bool = False
 
 
-def load_caption_data(source: CaptionData, image_size: int) -> tuple[np.ndarray, list[list[str]], list[int], dict]:
-    """(images uint8 [N, S, S, 3], captions per image, image ids, data description incl. skip counts)."""
+def load_caption_data(source: CaptionData, image_size: int) -> tuple[np.ndarray, list[list[str]], list[int], dict,
+                                                                      list[dict] | None]:
+    """(images uint8 [N, S, S, 3], captions per image, image ids, data description incl. skip counts, the scenes
+    with their ground truth for the built-in scenes, else None)."""
     if source.annotations or source.karpathy:
         if not source.image_dir:
             raise ValueError("--image-dir is required with --annotations / --karpathy")
@@ -51,7 +53,7 @@ def load_caption_data(source: CaptionData, image_size: int) -> tuple[np.ndarray,
         counter = SkipCounter(what="images")
         images, captions, ids = load_pairs(records, image_size, strict=source.strict, counter=counter)
         description = source.annotations or f"{source.karpathy} ({source.split})"
-        return images, captions, ids, {"data": description, "skipped": skip_summary(counter)}
+        return images, captions, ids, {"data": description, "skipped": skip_summary(counter)}, None
     scenes = builtin_scenes("test", source.num_images, image_size)
     return (scene_images(scenes, image_size), [s["captions"] for s in scenes], [s["image_id"] for s in scenes],
-            {"data": f"built-in scenes, test split, {len(scenes)} images", "skipped": skip_summary(None)})
+            {"data": f"built-in scenes, test split, {len(scenes)} images", "skipped": skip_summary(None)}, scenes)

@@ -1,13 +1,17 @@
 """Retrieval protocols of a stage-1 run on captioned images: zero-shot retrieval R@1/5/10 both ways, and
 K-Precision (the faithfulness of the top-1 retrieved caption, as in SPARC). Both start from the same
-similarity of every image with every caption of the set."""
+similarity of every image with every caption of the set. On the built-in scenes retrieval is also reported per
+caption kind and truth-aware (a hit on any image the caption is true of), each beside its perfect-model ceiling."""
 from __future__ import annotations
 
 import numpy as np
 
 from ..metrics.kprecision import k_precision
 from ..metrics.retrieval import retrieval_recall
+from ..data.scene_truth import truth_matrix
+from ..data.scenes import SceneConfig
 from ..metrics.retrieval_dedup import dedup_retrieval_recall
+from ..metrics.retrieval_truth import truth_aware_recall
 from .data import CaptionData, load_caption_data
 from .report import Report
 from .stage1_run import image_embeddings, load_stage1_run, text_embeddings
@@ -15,18 +19,28 @@ from .stage1_run import image_embeddings, load_stage1_run, text_embeddings
 
 def caption_similarity(checkpoint, source: CaptionData, batch_size: int):
     """Load the run and the data, encode every image and caption. Returns (data description, captions per
-    image, flat caption list, cosine similarity [images, captions])."""
+    image, flat caption list, cosine similarity [images, captions], the scenes' ground truth or None)."""
     model, tokenizer = load_stage1_run(checkpoint)
-    images, captions, _, data = load_caption_data(source, model.config.image_size)
+    images, captions, _, data, scenes = load_caption_data(source, model.config.image_size)
     texts = [c for caps in captions for c in caps]
     similarity = image_embeddings(model, images, batch_size) @ text_embeddings(model, tokenizer, texts).t()
-    return data, captions, texts, similarity
+    return data, captions, texts, similarity, scenes
+
+
+def scene_retrieval(similarity, scenes: list[dict]) -> dict:
+    """Per caption kind and overall: standard and truth-aware text->image R@1 with their ceilings and chance."""
+    kinds = [k for s in scenes for k in s["caption_kinds"]]
+    texts = [c for s in scenes for c in s["captions"]]
+    size = scenes[0]["image"].shape[0]
+    truth = truth_matrix(texts, kinds, scenes, SceneConfig.relation_margin * size)
+    own = np.repeat(np.arange(len(scenes)), [len(s["captions"]) for s in scenes])
+    return truth_aware_recall(similarity, truth, own, kinds)
 
 
 def retrieval_report(checkpoint, source: CaptionData, batch_size: int = 64) -> Report:
     """The standard protocol (an image's own captions are its positives) and a duplicate-aware variant (any
     caption with the same string counts), which matters for template captions such as the built-in scenes'."""
-    data, captions, texts, similarity = caption_similarity(checkpoint, source, batch_size)
+    data, captions, texts, similarity, scenes = caption_similarity(checkpoint, source, batch_size)
     text_to_image = np.repeat(np.arange(len(captions)), [len(c) for c in captions])
     standard = retrieval_recall(similarity, text_to_image)
     dedup = dedup_retrieval_recall(similarity, texts, text_to_image)
@@ -36,13 +50,20 @@ def retrieval_report(checkpoint, source: CaptionData, batch_size: int = 64) -> R
     rows = [{"protocol": name, **{f"{d} R@{k}": r[f"{key}_R@{k}"] for d, key in
                                   (("i→t", "image_to_text"), ("t→i", "text_to_image")) for k in (1, 5, 10)}}
             for name, r in (("standard", standard), ("duplicate-aware", dedup))]
+    if scenes:  # per caption kind, each number beside its ceiling (what a perfect model reaches) and chance
+        result["by_kind"] = scene_retrieval(similarity, scenes)
+        truth_columns = lambda r: {"t→i R@1 ceiling": r["R@1_ceiling"], "truth-aware t→i R@1": r["truth_R@1"],
+                                   "its ceiling": r["truth_R@1_ceiling"], "its chance": r["truth_R@1_chance"]}
+        rows[0].update(truth_columns(result["by_kind"]["all"]))
+        rows += [{"protocol": f"standard, {kind} captions ({r['num_texts']})", "t→i R@1": r["R@1"],
+                  **truth_columns(r)} for kind, r in result["by_kind"].items() if kind != "all"]
     return Report("Zero-shot retrieval", result, rows)
 
 
 def kprecision_report(checkpoint, source: CaptionData, batch_size: int = 64) -> Report:
     """For each image the best caption among all captions of the set is retrieved by global similarity; K-P is
     the share of its words found in the image's reference captions, K-Pna the same over nouns and adjectives."""
-    data, captions, texts, similarity = caption_similarity(checkpoint, source, batch_size)
+    data, captions, texts, similarity, _ = caption_similarity(checkpoint, source, batch_size)
     top1 = similarity.argmax(dim=1).tolist()  # ties -> the first caption: deterministic
     retrieved = [texts[j] for j in top1]
     scores = k_precision(retrieved, captions)

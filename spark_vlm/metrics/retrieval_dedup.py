@@ -22,7 +22,7 @@ def _normalise(caption: str) -> str:
     return " ".join(caption.lower().split())
 
 
-def _best_rank(sim: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+def best_positive_rank(sim: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
     """Per row: how many negatives score >= the best positive (0 = a positive is ranked first)."""
     best = torch.where(positive, sim, torch.full_like(sim, -torch.inf)).max(dim=1).values
     negatives = torch.where(positive, torch.full_like(sim, -torch.inf), sim)
@@ -55,10 +55,10 @@ def dedup_retrieval_recall(similarity, captions, text_to_image, ks=(1, 5, 10), c
     # positive[i, j] = has_string[i, sid[j]]: image i "owns" the string of text j.
     rank_i2t, rank_t2i = [], []
     for start in range(0, num_images, chunk):
-        rank_i2t.append(_best_rank(sim[start:start + chunk], has_string[start:start + chunk][:, sid_t]))
+        rank_i2t.append(best_positive_rank(sim[start:start + chunk], has_string[start:start + chunk][:, sid_t]))
     for start in range(0, num_texts, chunk):
         cols = slice(start, start + chunk)
-        rank_t2i.append(_best_rank(sim[:, cols].t(), has_string[:, sid_t[cols]].t()))
+        rank_t2i.append(best_positive_rank(sim[:, cols].t(), has_string[:, sid_t[cols]].t()))
     rank_i2t = torch.cat(rank_i2t) if rank_i2t else torch.zeros(0, dtype=torch.long)
     rank_t2i = torch.cat(rank_t2i) if rank_t2i else torch.zeros(0, dtype=torch.long)
     out = recall_at_k(rank_i2t[has_string.any(dim=1)], rank_t2i, ks)

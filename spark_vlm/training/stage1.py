@@ -21,7 +21,7 @@ from ..losses import clip_loss, filip_loss, sparc_loss
 from ..models import SparkModel
 from .run import Stage
 from .stage1_config import Stage1Config
-from .stage1_eval import evaluate_stage1
+from .stage1_eval import evaluate_stage1, held_out_truth
 from .throughput import transformer_train_flops
 
 
@@ -66,6 +66,7 @@ def build_stage1(cfg: Stage1Config, accelerator) -> Stage:
     arch = cfg.model.spark_config()
     train_data, val_data, tokenizer = build_stage1_data(cfg.data, accelerator, arch.max_text_len, arch.image_size,
                                                         cfg.train.seed)
+    truth = held_out_truth(cfg.data, arch.image_size)  # the scenes' ground truth, parsed once for every eval
     model = SparkModel(cfg.model.spark_config(vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_id))
     n_params = sum(p.numel() for p in model.parameters())
     n_train = len(train_data) if hasattr(train_data, "__len__") else "streamed"
@@ -76,10 +77,15 @@ def build_stage1(cfg: Stage1Config, accelerator) -> Stage:
     run_dir = Path(cfg.train.output_dir)
 
     def summary(step: int, result: dict) -> str:
+        truth_line = "" if truth is None else (
+            f"scenes: text->image R@1 {result['text_to_image_R@1']:.1f}% of a perfect model's "
+            f"{result['text_to_image_R@1_ceiling']:.1f}%; truth-aware (any image the caption is true of) "
+            f"{result['truth_R@1']:.1f}% of {result['truth_R@1_ceiling']:.1f}% (chance "
+            f"{result['truth_R@1_chance']:.1f}%)\n")
         return (
             f"[step {step}] held-out retrieval on {len(val_data)} images: "
             f"R@1 = {result['R@1']:.1f}% (text->image {result['text_to_image_R@1']:.1f}%, "
-            f"image->text {result['image_to_text_R@1']:.1f}%), R@5 = {result['R@5']:.1f}%\n"
+            f"image->text {result['image_to_text_R@1']:.1f}%), R@5 = {result['R@5']:.1f}%\n{truth_line}"
             f"alignment: {100 * result['patches_kept_frac']:.1f}% of patches kept, entropy "
             f"{result['align_entropy']:.2f} nats (uniform {result['align_entropy_uniform']:.2f}); fine loss "
             f"matched {result['fine_loss_matched']:.3f} vs shuffled image {result['fine_loss_shuffled']:.3f}\n"
@@ -90,7 +96,7 @@ def build_stage1(cfg: Stage1Config, accelerator) -> Stage:
         model=model,
         train_data=train_data,
         loss=lambda m, batch: stage1_loss(cfg, m, batch),
-        evaluate=lambda m: evaluate_stage1(m, val_data, accelerator.device),
+        evaluate=lambda m: evaluate_stage1(m, val_data, accelerator.device, truth=truth),
         flops_per_sample=flops_per_sample(model),
         export=lambda acc, m, out_dir: export_model(acc, m, tokenizer, out_dir),
         summary=summary,

@@ -1,4 +1,6 @@
-"""The held-out evaluation run during stage-1 training: retrieval R@K plus SPARK alignment diagnostics.
+"""The held-out evaluation run during stage-1 training: retrieval R@K plus SPARK alignment diagnostics; on the
+built-in scenes also retrieval per caption kind and truth-aware (a hit on any image the caption is true of), each
+beside its perfect-model ceiling (spark_vlm/metrics/retrieval_truth.py).
 
 The diagnostics exist because a near-zero fine-grained loss alone proves nothing: with random features most
 patches pass the 1/P threshold, and a token can "match" its grouped embedding without being grounded. So we
@@ -9,12 +11,46 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from ..data.images import to_pixel_values
 from ..data.pairs import CaptionedImages
 from ..losses import sparc_alignment, sparc_fine_grained_loss
+from ..data.scene_truth import truth_matrix
+from ..data.scenes import cached_scenes
 from ..metrics.retrieval import retrieval_recall
+from ..metrics.retrieval_truth import truth_aware_recall
+
+
+def held_out_truth(d, image_size: int) -> dict | None:
+    """For `data.kind=scenes`: {truth [images, captions] bool, kinds [captions]} of the held-out scenes, in the
+    order of the held-out CaptionedImages (scene by scene, caption by caption); None for other data."""
+    if d.kind != "scenes":
+        return None
+    val = cached_scenes("val", d.num_val, image_size, d.min_objects, d.max_objects, d.seed, d.cache_dir)
+    scenes = [val[i] for i in range(len(val))]
+    captions = [c for s in scenes for c in s["captions"]]
+    kinds = [k for s in scenes for k in s["caption_kinds"]]
+    margin = val.config.relation_margin * val.config.image_size
+    return {"truth": truth_matrix(captions, kinds, scenes, margin), "kinds": kinds}
+
+
+def truth_scores(similarity, data: CaptionedImages, truth: dict) -> dict[str, float]:
+    """Flat keys for the log: overall truth-aware R@1 (both ways) and the text->image R@1 ceiling, then per kind
+    "<kind>/text_to_image_R@1", "<kind>/truth_R@1" and their ceilings."""
+    if truth["truth"].shape != tuple(similarity.shape):
+        raise ValueError(f"the held-out ground truth covers {truth['truth'].shape}, the similarity is "
+                         f"{tuple(similarity.shape)}")
+    by_kind = truth_aware_recall(similarity, truth["truth"], data.caption_image, truth["kinds"])
+    overall = by_kind.pop("all")
+    out = {"text_to_image_R@1_ceiling": overall["R@1_ceiling"], "truth_R@1": overall["truth_R@1"],
+           "truth_R@1_ceiling": overall["truth_R@1_ceiling"], "truth_R@1_chance": overall["truth_R@1_chance"],
+           "image_to_text_truth_R@1": overall["i2t_truth_R@1"]}
+    for kind, r in by_kind.items():
+        out.update({f"{kind}/text_to_image_R@1": r["R@1"], f"{kind}/text_to_image_R@1_ceiling": r["R@1_ceiling"],
+                    f"{kind}/truth_R@1": r["truth_R@1"], f"{kind}/truth_R@1_ceiling": r["truth_R@1_ceiling"]})
+    return out
 
 
 @torch.no_grad()
@@ -57,11 +93,15 @@ def alignment_diagnostics(model, data: CaptionedImages, device, num_pairs: int =
 
 
 @torch.no_grad()
-def evaluate_stage1(model, data: CaptionedImages, device, batch_size: int = 256) -> dict[str, float]:
+def evaluate_stage1(model, data: CaptionedImages, device, batch_size: int = 256,
+                    truth: dict | None = None) -> dict[str, float]:
+    """Retrieval R@K, the alignment diagnostics, and with `truth` (held_out_truth) the truth-aware scores."""
     img, txt = encode_pairs(model, data, batch_size, device)
     with torch.autocast(device_type=img.device.type, enabled=False):
         similarity = img.float() @ txt.float().t()  # fp32 even under bf16 autocast: ranks are sensitive
     result = retrieval_recall(similarity, data.caption_image)
+    if truth is not None:
+        result.update(truth_scores(similarity.cpu(), data, truth))
     result.update(alignment_diagnostics(model, data, device))
     result["logit_scale"] = model.logit_scale.item()
     return result
