@@ -50,7 +50,8 @@ def test_tiny_run_writes_a_loadable_run_dir(tmp_path, loss):
     assert all("loss" in r and r["loss"] > 0 for r in recs if r.get("kind") is None)
     evals = [r for r in recs if r.get("kind") == "eval"]
     assert [r["step"] for r in evals] == [4, 8] and all(0 <= r["R@1"] <= 100 for r in evals)
-    assert {"patches_kept_frac", "align_entropy", "fine_loss_matched", "fine_loss_shuffled"} <= set(evals[0])
+    assert {"patches_kept_frac", "align_entropy", "fine_loss_matched", "fine_loss_shuffled", "fine_loss_blank_image",
+            "fine_loss_position_only", "position_variance_share"} <= set(evals[0])
     assert {"truth_R@1", "truth_R@1_ceiling", "text_to_image_R@1_ceiling", "count/truth_R@1"} <= set(evals[0])
     if loss == "sparc":
         assert {"global_loss", "fine_loss"} <= set(recs[0])

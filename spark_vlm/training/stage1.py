@@ -88,7 +88,9 @@ def build_stage1(cfg: Stage1Config, accelerator) -> Stage:
             f"image->text {result['image_to_text_R@1']:.1f}%), R@5 = {result['R@5']:.1f}%\n{truth_line}"
             f"alignment: {100 * result['patches_kept_frac']:.1f}% of patches kept, entropy "
             f"{result['align_entropy']:.2f} nats (uniform {result['align_entropy_uniform']:.2f}); fine loss "
-            f"matched {result['fine_loss_matched']:.3f} vs shuffled image {result['fine_loss_shuffled']:.3f}\n"
+            f"matched {result['fine_loss_matched']:.3f} vs shuffled image {result['fine_loss_shuffled']:.3f} vs blank "
+            f"image {result['fine_loss_blank_image']:.3f} vs position code only {result['fine_loss_position_only']:.3f}; "
+            f"position explains {100 * result['position_variance_share']:.0f}% of the patch variance\n"
             f"model and tokenizer saved to {run_dir}/ (SparkModel.from_pretrained('{run_dir}'))"
         )
 

@@ -81,14 +81,26 @@ def alignment_diagnostics(model, data: CaptionedImages, device, num_pairs: int =
     kept = (weights > 0).float().sum(-1) / weights.shape[-1]  # fraction of patches kept, per token
     entropy = -(weights.clamp_min(1e-12).log() * weights).sum(-1)  # nats, per token
     scale = model.logit_scale
-    matched = sparc_fine_grained_loss(patches, tokens, token_mask, scale)
-    shuffled = sparc_fine_grained_loss(patches.roll(1, dims=0), tokens, token_mask, scale)  # wrong image
+    s = model.config.image_size
+    blank = model.patch_embeddings(to_pixel_values(torch.full((1, s, s, 3), 128, dtype=torch.uint8, device=device)))
+    position_only = patches.mean(0, keepdim=True)  # what every image shares at each position
+    centred = patches - patches.mean((0, 1), keepdim=True)
+
+    def fine_loss(p) -> float:
+        return sparc_fine_grained_loss(p.expand_as(patches), tokens, token_mask, scale).item()
+
     return {
         "patches_kept_frac": kept[real].mean().item(),
         "align_entropy": entropy[real].mean().item(),
         "align_entropy_uniform": math.log(weights.shape[-1]),  # the entropy of spreading over all patches
-        "fine_loss_matched": matched.item(),
-        "fine_loss_shuffled": shuffled.item(),
+        # L_f with the right image, a wrong one, a blank one and the position code alone: grounding needs the
+        # first clearly below the other three (a per-position code that any image reproduces wins L_f too).
+        "fine_loss_matched": fine_loss(patches),
+        "fine_loss_shuffled": fine_loss(patches.roll(1, dims=0)),
+        "fine_loss_blank_image": fine_loss(blank),
+        "fine_loss_position_only": fine_loss(position_only),
+        "position_variance_share": ((position_only - patches.mean((0, 1), keepdim=True)).pow(2).sum() * n
+                                    / centred.pow(2).sum()).item(),
     }
 
 
