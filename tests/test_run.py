@@ -72,3 +72,14 @@ def test_peak_measurement_stops_growing_once_a_matmul_is_slow(monkeypatch):
     monkeypatch.setattr(throughput.time, "perf_counter", lambda: float(next(clock)))
     peak = throughput.measure_peak_flops(torch.device("cpu"), torch.float32)
     assert sizes == [256, 256] and peak == pytest.approx(2 * 256**3 / 1.0)
+
+
+def test_truncate_metrics_keeps_steps_up_to_the_checkpoint(tmp_path):
+    from spark_vlm.training.run_logging import truncate_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    lines = [json.dumps({"step": s, "loss": 1.0 / s}) for s in range(1, 8)] + [json.dumps({"step": 4, "kind": "eval"})]
+    path.write_text("\n".join(lines) + '\n{"step": 8, "lo')  # the last line was cut by a crash
+    assert truncate_metrics(path, 4) == 4  # steps 5, 6, 7 and the cut line
+    assert [json.loads(l)["step"] for l in path.read_text().splitlines()] == [1, 2, 3, 4, 4]
+    assert truncate_metrics(path, 4) == 0 and truncate_metrics(tmp_path / "absent.jsonl", 1) == 0

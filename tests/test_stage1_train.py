@@ -83,6 +83,26 @@ def test_resume_continues_exactly(tmp_path):
     assert [losses_b[s] for s in range(6, 10)] == pytest.approx([losses_a[s] for s in range(6, 10)], rel=1e-5)
 
 
+def test_resume_in_place_logs_every_step_once(tmp_path):
+    # As if killed after step 9 was logged but before its checkpoint was written: resuming in the same directory
+    # from step 5 must drop the interrupted run's records of steps 6-9 before logging them again.
+    import shutil
+
+    out = tmp_path / "run"
+    common = TINY + ["train.eval_every=0", "train.save_every=5", "train.max_steps=9", "train.keep_checkpoints=3",
+                     f"train.output_dir={out}"]
+    assert run(common, tmp_path).returncode == 0
+    before = {r["step"]: r["loss"] for r in records(out) if r.get("kind") is None}
+    shutil.rmtree(out / "checkpoints" / "step_00000009")
+    with (out / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 10, "loss": 1.')  # a line cut short by the kill
+    proc = run(common + ["--resume", "latest"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    train_records = [r for r in records(out) if r.get("kind") is None]
+    assert [r["step"] for r in train_records] == list(range(1, 10))
+    assert {r["step"]: r["loss"] for r in train_records} == pytest.approx(before, rel=1e-5)
+
+
 def test_resume_latest_picks_the_newest_complete_checkpoint(tmp_path):
     out = tmp_path / "run"
     common = TINY + ["train.eval_every=0", "train.save_every=2", f"train.output_dir={out}"]

@@ -53,7 +53,8 @@ def train_loop(run: Run, resume: str | None = None) -> tuple[LoopState, dict]:
     accelerator, train = run.accelerator, run.train
     save_kwargs, load_kwargs = checkpoint_filters(accelerator, run.stage.trainable_only)
     state = start_or_resume(run, resume, load_kwargs)
-    logger = MetricsLogger(run.run_dir, enabled=accelerator.is_main_process)
+    logger = MetricsLogger(run.run_dir, enabled=accelerator.is_main_process,
+                           resumed_step=state.step if state.step else None)
     pbar = tqdm(total=train.max_steps, initial=state.step, disable=not accelerator.is_main_process, desc="train",
                 dynamic_ncols=True)
     started = time.time()
