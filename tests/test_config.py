@@ -43,6 +43,10 @@ def test_overrides_apply_with_types():
     (["train=3"], "train: is a section, not a value"),
     (["train.peak_tflops=fast"], "train.peak_tflops: expected a number or null"),
     (["model.mlp_ratio=0"], "model.mlp_ratio: must be > 0"),
+    (["optim.lr=inf"], "optim.lr: must be a finite number, got inf"),
+    (["lambda_fine=nan"], "lambda_fine: must be a finite number"),
+    (["optim.betas=[0.9, .inf]"], "optim.betas: must be a finite number"),
+    (["train.seed=99999999999"], "train.seed: must be < 2**32"),
 ])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError) as err:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import typing
 from pathlib import Path
 from typing import Literal, get_args, get_origin
@@ -143,11 +144,15 @@ def _expected(tp) -> str:
 
 
 def _validate_tree(cfg, prefix: str = "") -> None:
-    """Call `validate(prefix)` on every section that defines one (sections check values)."""
+    """Reject inf/nan in any number (`optim.lr=inf` would train NaN weights), then call `validate(prefix)` on every
+    section that defines one (sections check values)."""
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if dataclasses.is_dataclass(value):
             _validate_tree(value, f"{prefix}{f.name}.")
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, float):
+                check(math.isfinite(item), f"{prefix}{f.name}", f"must be a finite number, got {value}")
     if hasattr(cfg, "validate"):
         cfg.validate(prefix)
 

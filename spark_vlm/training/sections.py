@@ -56,6 +56,7 @@ class TrainConfig:
         for key in ("eval_every", "save_every", "keep_checkpoints", "num_workers", "seed"):
             value = getattr(self, key)
             check(value >= 0, f"{prefix}{key}", f"must be >= 0, got {value}")
+        check(self.seed < 2**32, f"{prefix}seed", f"must be < 2**32 (numpy's limit), got {self.seed}")
         check(bool(self.output_dir), f"{prefix}output_dir", "must not be empty")
         check(self.cpu_threads is None or self.cpu_threads > 0, f"{prefix}cpu_threads",
               f"must be > 0 or null, got {self.cpu_threads}")
