@@ -54,7 +54,7 @@ def build_model(cfg: Stage2Config, lm_path: str) -> SparkFlamingo:
     vision_dir = Path(cfg.vision_checkpoint)
     vision_width = json.loads(stage1_config_file(cfg.vision_checkpoint).read_text())["vision_width"]
     config = cfg.model.flamingo_config(vision_width)
-    model = SparkFlamingo.from_pretrained_parts(config, str(vision_dir), lm_path)
+    model = SparkFlamingo.from_pretrained_parts(config, str(vision_dir), lm_path, lm_dtype=cfg.lm.torch_dtype())
     # DeepSpeed's "auto" bucket sizes are derived from model.config.hidden_size: the LM's width here.
     model.config.hidden_size = model.lm.config.get_text_config().hidden_size
     return model
@@ -118,7 +118,7 @@ def build_stage2(cfg: Stage2Config, accelerator) -> Stage:
         manifest = model.build_manifest(stage2_config=cfg.__class__.__name__, lm_path=os.path.abspath(lm_path))
         train_data, val_data, prompts = stage2_datasets(train_arrays, val_arrays, model.tokenizer, d.max_text_len,
                                                         cfg.train.seed)
-        baseline = text_only_caption_loss(lm_path, val_data, prompts)
+        baseline = text_only_caption_loss(lm_path, val_data, prompts, lm_dtype=cfg.lm.torch_dtype())
 
     n_train = sum(p.numel() for p in model.trainable_parameters())
     n_all = sum(p.numel() for p in model.parameters())

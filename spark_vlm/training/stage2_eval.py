@@ -48,12 +48,14 @@ def caption_losses(model, data: CaptionedImages, prompts: FlamingoPrompts, devic
 
 
 @torch.no_grad()
-def text_only_caption_loss(lm_path: str, data: CaptionedImages, prompts: FlamingoPrompts, batch_size: int = 64) -> float:
+def text_only_caption_loss(lm_path: str, data: CaptionedImages, prompts: FlamingoPrompts, batch_size: int = 64,
+                           lm_dtype: torch.dtype | str = "auto") -> float:
     """The frozen LM alone on the same tokens (caption tokens 2..n given the earlier ones): the baseline that
-    stage 2 must beat. A fresh copy of the LM is used, so the number cannot drift with training."""
+    stage 2 must beat. A fresh copy of the LM (in the captioner's LM dtype) is used, so the number cannot drift
+    with training."""
     from transformers import AutoModelForCausalLM
 
-    lm = AutoModelForCausalLM.from_pretrained(lm_path).eval()
+    lm = AutoModelForCausalLM.from_pretrained(lm_path, dtype=lm_dtype).eval()
     losses = []
     for _, ids, mask, _, inner in _first_caption_batches(data, prompts, batch_size):
         ids, mask, inner = ids[:, 1:], mask[:, 1:], inner[:, 1:]  # drop <image>: c1..cn <eoc> <pad>...
