@@ -154,6 +154,16 @@ def test_resume_keeps_only_trainable_weights_and_continues_exactly(tmp_path, sta
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=lambda m, key=key: f"{key}: {m}")
 
+    # The checkpoint holds no frozen weights: resuming it on another stage-1 backbone is refused by name.
+    other = tmp_path / "other_stage1"
+    torch.manual_seed(1)
+    SparkModel(SparkModel.config_class.from_pretrained(stage1_dir)).save_pretrained(other)
+    third = run(common + [f"train.output_dir={tmp_path / 'other'}", f"vision_checkpoint={other}", "--resume",
+                          str(ckpt_dir)], tmp_path)
+    assert third.returncode == 2
+    error = third.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: --resume") and "frozen vision mismatch" in error and str(other) in error
+
 
 def test_object_questions_are_true_and_deterministic():
     from spark_vlm.data.stage2 import add_object_questions

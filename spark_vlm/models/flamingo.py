@@ -8,8 +8,9 @@
 
 Only the resampler, the gated cross-attention blocks, the two new token embeddings/logit rows (and LoRA adapters
 if enabled) train. They are always float32 (the master weights); the frozen LM keeps the dtype it was loaded in
-(fp32, bf16 or fp16) and each xattn block casts the hidden states to fp32 and back. The LM's own embedding matrix and head are never resized or touched: ids >= the LM's vocabulary
-size are looked up in the new table, and the new logit columns are appended after the LM's.
+(fp32, bf16 or fp16) and each xattn block casts the hidden states to fp32 and back. The LM's own embedding
+matrix and head are never resized or touched: ids >= the LM's vocabulary size are looked up in the new table,
+and the new logit columns are appended after the LM's (then the LM's own final step, e.g. soft-capping).
 
 Text token t cross-attends only to the latents of the most recent `<image>` at or before t (open_flamingo's
 `only_attend_immediate_media`); tokens before any image get an exactly-zero cross-attention update.

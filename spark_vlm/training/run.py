@@ -17,6 +17,7 @@ from typing import Callable
 
 import torch
 
+from .checkpoint import frozen_mismatch, resolve_resume
 from .config import save_config
 from .loop import Run, train_loop
 from .optim import build_optimizer, cosine_schedule
@@ -40,6 +41,7 @@ class Stage:
     export: Callable[[object, torch.nn.Module, Path], None]  # (accelerator, prepared model, run dir), every rank
     summary: Callable[[int, dict], str]  # (final step, final evaluation) -> what the user reads at the end
     trainable_only: Callable[[str], bool] | None = None  # checkpoints keep only these parameters
+    frozen: dict[str, dict] | None = None  # {part: {"source", "sha256"}} of weights that checkpoints leave out
 
 
 def train(cfg, build: Callable[[object, object], Stage], resume: str | None = None) -> dict:
@@ -52,6 +54,9 @@ def train(cfg, build: Callable[[object, object], Stage], resume: str | None = No
     accelerator = make_accelerator(t)
     set_seed(t.seed)
     stage = build(cfg, accelerator)
+    ckpt = resolve_resume(t.output_dir, resume)
+    if ckpt is not None and (problem := frozen_mismatch(ckpt, stage.frozen)):
+        raise SetupError(problem)
     run_dir = Path(t.output_dir)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -149,4 +149,5 @@ def build_stage2(cfg: Stage2Config, accelerator) -> Stage:
         export=lambda acc, m, out_dir: export_run(acc, m, tokenizer, manifest, out_dir),
         summary=summary,
         trainable_only=SparkFlamingo.is_trainable_name,
+        frozen={part: manifest[part] for part in flamingo_io.FROZEN_PARTS},
     )
