@@ -118,13 +118,20 @@ def test_deepspeed_zero_runs_and_resumes_exactly_on_cpu(tmp_path, stage1_dir, ze
 
     accelerate = str(Path(sys.executable).with_name("accelerate"))
     launcher = [accelerate, "launch", "--config_file", f"configs/accelerate/deepspeed_zero{zero}.yaml"]
+    # bf16 under ZeRO-2: the engine holds bf16 module weights, the export must still be the fp32 master weights.
+    precision = "bf16" if zero == 2 else "fp32"
     common = TINY + [f"vision_checkpoint={stage1_dir}", "train.max_steps=4", "train.eval_every=0",
-                     "train.save_every=2", "train.keep_checkpoints=3"]
+                     "train.save_every=2", "train.keep_checkpoints=3", "optim.grad_clip=0.5",
+                     f"train.precision={precision}"]
     out = tmp_path / f"zero{zero}"
     proc = run(common + [f"train.output_dir={out}"], tmp_path, launcher=launcher)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "DeepSpeed" in proc.stdout
+    assert f"DeepSpeed ZeRO-{zero}: gradient clipping 0.5 (from the engine)" in proc.stdout  # not Accelerate's 1.0
     check_run_dir(out, 4)
+    exported = load_file(out / "trainable.safetensors").values()
+    assert {t.dtype for t in exported} == {torch.float32}
+    if precision == "bf16":  # the optimizer's fp32 master weights, not the engine's bf16 copies cast back up
+        assert any(not torch.equal(t, t.bfloat16().float()) for t in exported)
     # Resume from the step-2 checkpoint (saved without the frozen parameters) into a new run directory.
     again = tmp_path / f"zero{zero}_resumed"
     proc = run(common + [f"train.output_dir={again}", "--resume", str(out / "checkpoints" / "step_00000002")],

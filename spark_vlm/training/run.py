@@ -70,6 +70,7 @@ def train(cfg, build: Callable[[object, object], Stage], resume: str | None = No
     streaming = isinstance(stage.train_data, torch.utils.data.IterableDataset)
     loader = torch.utils.data.DataLoader(stage.train_data, batch_size=t.batch_size, shuffle=not streaming,
                                          drop_last=True, num_workers=t.num_workers)
+    deepspeed_from_config(accelerator, cfg.optim.grad_clip)
     if t.compile:
         model = torch.compile(model)
     if streaming:  # the shards are already split over ranks and workers: accelerate must not split again
@@ -77,6 +78,9 @@ def train(cfg, build: Callable[[object, object], Stage], resume: str | None = No
     else:
         model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
 
+    if accelerator.state.deepspeed_plugin is not None:
+        accelerator.print(f"DeepSpeed ZeRO-{model.zero_optimization_stage()}: gradient clipping "
+                          f"{model.gradient_clipping()} (from the engine)")
     peak = peak_flops(accelerator, t)
     accelerator.print(f"model FLOPs per sample {stage.flops_per_sample / 1e9:.3f} GFLOP; device peak "
                       f"{peak / 1e12:.2f} TFLOP/s ({'configured' if t.peak_tflops else 'measured matmul'})")
@@ -85,6 +89,16 @@ def train(cfg, build: Callable[[object, object], Stage], resume: str | None = No
     state, result = train_loop(run, resume)
     finish(accelerator, run_dir, state.step, result, stage.summary(state.step, result))
     return result
+
+
+def deepspeed_from_config(accelerator, grad_clip: float | None) -> None:
+    """Our config decides DeepSpeed's clipping: Accelerate would fill `"gradient_clipping": "auto"` with a fixed
+    1.0 at `prepare`, and under DeepSpeed `clip_grad_norm_` is a no-op, so `optim.grad_clip` would be ignored.
+    (0 disables clipping in DeepSpeed.) Precision, micro-batch and accumulation are filled from the config by
+    Accelerate itself."""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is not None:
+        plugin.deepspeed_config["gradient_clipping"] = float(grad_clip or 0.0)
 
 
 def make_accelerator(train: TrainConfig):

@@ -23,7 +23,6 @@ from ..data.images import to_pixel_values
 from ..data.stage2 import stage2_arrays, stage2_datasets
 from ..models import flamingo_io
 from ..models.flamingo import SparkFlamingo
-from .checkpoint import plain_name
 from .run import SetupError, Stage
 from .stage2_config import Stage2Config
 from .stage2_eval import caption_losses, model_dtype, text_only_caption_loss
@@ -84,14 +83,28 @@ def stage2_loss(model, batch: dict) -> dict[str, torch.Tensor]:
     return {"loss": out.loss}
 
 
+def trainable_fp32_state(accelerator, model) -> dict[str, torch.Tensor]:
+    """The trainable weights in fp32, whole, on every rank. Under DeepSpeed the module may hold bf16/fp16 copies
+    (and ZeRO-3 only partitions): the fp32 master weights come from the optimizer, gathered one trainable tensor
+    at a time (a collective: every rank calls it), never the frozen LM."""
+    unwrapped = accelerator.unwrap_model(model)
+    if accelerator.state.deepspeed_plugin is None:
+        return {n: p.detach().float() for n, p in unwrapped.named_trainable_parameters()}
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    state = {}
+    for name, param in unwrapped.named_trainable_parameters():
+        master = safe_get_full_fp32_param(param)
+        state[name] = (master if master is not None else param.detach()).float()
+    return state
+
+
 def export_run(accelerator, model, tokenizer, manifest: dict, run_dir: Path) -> None:
-    """Trainable weights (gathered from every rank, DeepSpeed included), manifest and the extended tokenizer
-    into the run directory."""
-    state = accelerator.get_state_dict(model)  # collective under ZeRO-3: every rank must call it
+    """Trainable weights (fp32, gathered from every rank, DeepSpeed included), manifest and the extended
+    tokenizer into the run directory."""
+    trainable = trainable_fp32_state(accelerator, model)
     if not accelerator.is_main_process:
         return
-    state = {plain_name(k): v for k, v in state.items()}
-    trainable = {k: v for k, v in state.items() if SparkFlamingo.is_trainable_name(k)}
     flamingo_io.write_trainable(trainable, manifest, str(run_dir))
     tokenizer.save_pretrained(str(run_dir / "tokenizer"))
 
