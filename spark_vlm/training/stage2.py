@@ -131,7 +131,8 @@ def build_stage2(cfg: Stage2Config, accelerator) -> Stage:
         manifest = model.build_manifest(stage2_config=cfg.__class__.__name__, lm_path=os.path.abspath(lm_path))
         train_data, val_data, prompts = stage2_datasets(train_arrays, val_arrays, model.tokenizer, d.max_text_len,
                                                         cfg.train.seed)
-        baseline = text_only_caption_loss(lm_path, val_data, prompts, lm_dtype=cfg.lm.torch_dtype())
+        baseline = text_only_caption_loss(lm_path, val_data, prompts, lm_dtype=cfg.lm.torch_dtype(),
+                                          device=accelerator.device)
 
     n_train = sum(p.numel() for p in model.trainable_parameters())
     n_all = sum(p.numel() for p in model.parameters())
