@@ -17,7 +17,8 @@ import torch
 import transformers as T
 from transformers import AutoModelForCausalLM
 
-from spark_vlm.models.flamingo import FlamingoConfig, SparkFlamingo, lm_final_logits
+from spark_vlm.models.flamingo import (FlamingoConfig, SparkFlamingo, UnsupportedLMError, find_decoder_layers,
+                                       lm_final_logits)
 from test_flamingo import EOS, VOCAB, images, left_pad, make_tokenizer, make_vision, reference_greedy, set_gates
 
 _L = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -181,7 +182,7 @@ def test_a_layer_that_never_runs_is_refused(vision_dir, tmp_path):
     original = stack[1]
     stack[1] = original.decoder_layer  # the LM now bypasses the wrapper of layer 1
     ids = torch.tensor([[model.image_token_id, 5, 6]])
-    with pytest.raises(RuntimeError, match=r"LlamaForCausalLM is not supported: .*decoder layers \[1\] did not"):
+    with pytest.raises(UnsupportedLMError, match=r"LlamaForCausalLM is not supported: .*decoder layers \[1\] did not"):
         model(images(1, 1), ids)
 
 
@@ -193,3 +194,39 @@ def test_lm_dtype_config_key():
     assert load_config(Stage2Config, None, []).lm.torch_dtype() == "auto"
     with pytest.raises(ConfigError, match="lm.dtype: must be one of"):
         load_config(Stage2Config, None, ["lm.dtype=fp8"])
+
+
+def test_stage2_refuses_an_lm_whose_layers_the_media_does_not_reach(vision_dir, tmp_path, monkeypatch):
+    """Before training, stage 2 runs one forward; a refusal becomes one line naming lm.path and the LM class."""
+    from spark_vlm.training.run import SetupError
+    from spark_vlm.training.stage2 import build_model, check_lm_supported
+    from spark_vlm.training.stage2_config import Stage2Config
+
+    save_lm("falcon", tmp_path)
+    model = build(vision_dir, tmp_path)
+    check_lm_supported(model)  # supported: nothing happens
+    model.lm.transformer.h[0] = model.lm.transformer.h[0].decoder_layer  # the LM now bypasses our wrapper
+    with pytest.raises(UnsupportedLMError, match=r"^FalconForCausalLM is not supported: .*layers \[0\] did not"):
+        check_lm_supported(model)
+
+    cfg = Stage2Config(vision_checkpoint=vision_dir)
+    cfg.lm.path = str(tmp_path)
+    assert build_model(cfg, str(tmp_path)).lm.config.model_type == "falcon"
+    bypass = SparkFlamingo.__init__
+
+    def init_then_bypass(self, *args, **kwargs):
+        bypass(self, *args, **kwargs)
+        self.lm.transformer.h[1] = self.lm.transformer.h[1].decoder_layer
+
+    monkeypatch.setattr(SparkFlamingo, "__init__", init_then_bypass)
+    with pytest.raises(SetupError, match=rf"^lm.path={tmp_path}: FalconForCausalLM is not supported") as err:
+        build_model(cfg, str(tmp_path))
+    assert "\n" not in str(err.value)
+
+
+def test_an_lm_without_a_recognisable_decoder_stack_is_refused():
+    torch.manual_seed(0)
+    lm = AutoModelForCausalLM.from_config(family_config("llama"))
+    lm.model.layers = torch.nn.ModuleList(list(lm.model.layers)[:1])  # 1 layer where the config says 2
+    with pytest.raises(UnsupportedLMError, match="^LlamaForCausalLM is not supported: could not find its decoder"):
+        find_decoder_layers(lm)

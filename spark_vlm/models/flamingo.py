@@ -86,6 +86,11 @@ class FlamingoOutput(ModelOutput):
     logits: torch.Tensor | None = None  # [B, T, lm_vocab + 2]: LM columns, then <image>, <|endofchunk|>
 
 
+class UnsupportedLMError(ValueError):
+    """The causal LM cannot carry the cross-attention layers (its decoder stack was not found, or it did not run
+    the layers we wrapped)."""
+
+
 def find_decoder_layers(lm: PreTrainedModel) -> nn.ModuleList:
     """The LM's stack of decoder layers (GPT-2 `transformer.h`, Llama `model.layers`, OPT `model.decoder.layers`):
     the one ModuleList holding `num_hidden_layers` Hugging Face decoder layers (or our wrappers of them)."""
@@ -94,7 +99,8 @@ def find_decoder_layers(lm: PreTrainedModel) -> nn.ModuleList:
     found = [m for m in lm.modules() if isinstance(m, nn.ModuleList) and len(m) == n
              and all(isinstance(layer, layer_types) for layer in m)]
     if len(found) != 1:
-        raise ValueError(f"could not find the decoder layer stack of {type(lm).__name__} ({len(found)} candidates)")
+        raise UnsupportedLMError(f"{type(lm).__name__} is not supported: could not find its decoder layer stack "
+                                 f"({len(found)} candidates)")
     return found[0]
 
 
@@ -273,8 +279,8 @@ class SparkFlamingo(nn.Module):
         missing = [layer.layer_idx for layer in self._wrapped_layers
                    if layer.gated_xattn is not None and layer.layer_idx not in media.ran]
         if missing:
-            raise RuntimeError(f"{type(self.lm).__name__} is not supported: the cross-attention before its decoder "
-                               f"layers {missing} did not run (the image would have no effect)")
+            raise UnsupportedLMError(f"{type(self.lm).__name__} is not supported: the cross-attention before its "
+                                     f"decoder layers {missing} did not run (the image would have no effect)")
 
     # ------------------------------------------------------------------ public API
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,

@@ -22,7 +22,7 @@ from ..data.cache import CACHE_ROOT
 from ..data.images import to_pixel_values
 from ..data.stage2 import stage2_arrays, stage2_datasets
 from ..models import flamingo_io
-from ..models.flamingo import SparkFlamingo
+from ..models.flamingo import SparkFlamingo, UnsupportedLMError
 from .run import SetupError, Stage
 from .stage2_config import Stage2Config
 from .stage2_eval import caption_losses, model_dtype, text_only_caption_loss
@@ -53,10 +53,24 @@ def build_model(cfg: Stage2Config, lm_path: str) -> SparkFlamingo:
     vision_dir = Path(cfg.vision_checkpoint)
     vision_width = json.loads(stage1_config_file(cfg.vision_checkpoint).read_text())["vision_width"]
     config = cfg.model.flamingo_config(vision_width)
-    model = SparkFlamingo.from_pretrained_parts(config, str(vision_dir), lm_path, lm_dtype=cfg.lm.torch_dtype())
+    try:
+        model = SparkFlamingo.from_pretrained_parts(config, str(vision_dir), lm_path, lm_dtype=cfg.lm.torch_dtype())
+        check_lm_supported(model)
+    except UnsupportedLMError as e:
+        raise SetupError(f"lm.path={lm_path}: {e}") from None
     # DeepSpeed's "auto" bucket sizes are derived from model.config.hidden_size: the LM's width here.
     model.config.hidden_size = model.lm.config.get_text_config().hidden_size
     return model
+
+
+@torch.no_grad()
+def check_lm_supported(model: SparkFlamingo) -> None:
+    """One 2-token forward (an image, then a token) before training: every cross-attention layer must run, or the
+    LM is refused in one line (`UnsupportedLMError`) instead of training blind."""
+    size = model.vision.config.image_size
+    pixels = torch.zeros(1, 1, 3, size, size, dtype=model_dtype(model), device=model.perceiver.latents.device)
+    ids = torch.tensor([[model.image_token_id, 0]], device=pixels.device)
+    model(pixels, ids)
 
 
 @contextmanager
