@@ -245,9 +245,10 @@ def test_lora_is_trainable_and_keeps_the_frozen_lm_exact():
 
 
 def test_bfloat16_lm():
-    """Trainable parts follow the LM's dtype; the vision tower may stay in float32."""
+    """The frozen LM runs in bf16; the trainable parts stay float32 (master weights) and the vision tower fp32."""
     model = make_model("llama", lm_dtype=torch.bfloat16)
-    assert model.perceiver.latents.dtype == torch.bfloat16 and model.new_token_embed.weight.dtype == torch.bfloat16
+    assert model.lm.dtype == torch.bfloat16
+    assert {p.dtype for p in model.trainable_parameters()} == {torch.float32}
     ids = torch.cat([torch.full((2, 1), model.image_token_id), text_ids(2, 6)], dim=1)
     pv = images(2, 1)
     with torch.no_grad():

@@ -133,13 +133,20 @@ def test_deepspeed_zero_runs_and_resumes_exactly_on_cpu(tmp_path, stage1_dir, ze
 
     accelerate = str(Path(sys.executable).with_name("accelerate"))
     launcher = [accelerate, "launch", "--config_file", f"configs/accelerate/deepspeed_zero{zero}.yaml"]
+    # bf16 under ZeRO-2: the engine holds bf16 module weights, the export must still be the fp32 master weights.
+    precision = "bf16" if zero == 2 else "fp32"
     common = TINY + [f"vision_checkpoint={stage1_dir}", "train.max_steps=4", "train.eval_every=0",
-                     "train.save_every=2", "train.keep_checkpoints=3"]
+                     "train.save_every=2", "train.keep_checkpoints=3", "optim.grad_clip=0.5",
+                     f"train.precision={precision}"]
     out = tmp_path / f"zero{zero}"
     proc = run(common + [f"train.output_dir={out}"], tmp_path, launcher=launcher)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "DeepSpeed" in proc.stdout
+    assert f"DeepSpeed ZeRO-{zero}: gradient clipping 0.5 (from the engine)" in proc.stdout  # not Accelerate's 1.0
     check_run_dir(out, 4)
+    exported = load_file(out / "trainable.safetensors").values()
+    assert {t.dtype for t in exported} == {torch.float32}
+    if precision == "bf16":  # the optimizer's fp32 master weights, not the engine's bf16 copies cast back up
+        assert any(not torch.equal(t, t.bfloat16().float()) for t in exported)
     # Resume from the step-2 checkpoint (saved without the frozen parameters) into a new run directory.
     again = tmp_path / f"zero{zero}_resumed"
     proc = run(common + [f"train.output_dir={again}", "--resume", str(out / "checkpoints" / "step_00000002")],
@@ -168,6 +175,16 @@ def test_resume_keeps_only_trainable_weights_and_continues_exactly(tmp_path, sta
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=lambda m, key=key: f"{key}: {m}")
+
+    # The checkpoint holds no frozen weights: resuming it on another stage-1 backbone is refused by name.
+    other = tmp_path / "other_stage1"
+    torch.manual_seed(1)
+    SparkModel(SparkModel.config_class.from_pretrained(stage1_dir)).save_pretrained(other)
+    third = run(common + [f"train.output_dir={tmp_path / 'other'}", f"vision_checkpoint={other}", "--resume",
+                          str(ckpt_dir)], tmp_path)
+    assert third.returncode == 2
+    error = third.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: --resume") and "frozen vision mismatch" in error and str(other) in error
 
 
 def test_object_questions_are_true_and_deterministic():

@@ -7,8 +7,10 @@
                      --frozen LM head (+ a 2-row head for the new tokens)--> logits [B, T, vocab + 2]
 
 Only the resampler, the gated cross-attention blocks, the two new token embeddings/logit rows (and LoRA adapters
-if enabled) train. The LM's own embedding matrix and head are never resized or touched: ids >= the LM's vocabulary
-size are looked up in the new table, and the new logit columns are appended after the LM's.
+if enabled) train. They are always float32 (the master weights); the frozen LM keeps the dtype it was loaded in
+(fp32, bf16 or fp16) and each xattn block casts the hidden states to fp32 and back. The LM's own embedding
+matrix and head are never resized or touched: ids >= the LM's vocabulary size are looked up in the new table,
+and the new logit columns are appended after the LM's (then the LM's own final step, e.g. soft-capping).
 
 Text token t cross-attends only to the latents of the most recent `<image>` at or before t (open_flamingo's
 `only_attend_immediate_media`); tokens before any image get an exactly-zero cross-attention update.
@@ -29,7 +31,7 @@ from transformers.utils import ModelOutput
 
 from . import flamingo_generate, flamingo_io
 from .dual_encoder import SparkModel
-from .gated_xattn import FlamingoDecoderLayer, GatedCrossAttentionBlock, MediaContext
+from .gated_xattn import FlamingoDecoderLayer, GatedCrossAttentionBlock, MediaContext, attach_media
 from .perceiver import PerceiverResampler
 
 
@@ -84,6 +86,11 @@ class FlamingoOutput(ModelOutput):
     logits: torch.Tensor | None = None  # [B, T, lm_vocab + 2]: LM columns, then <image>, <|endofchunk|>
 
 
+class UnsupportedLMError(ValueError):
+    """The causal LM cannot carry the cross-attention layers (its decoder stack was not found, or it did not run
+    the layers we wrapped)."""
+
+
 def find_decoder_layers(lm: PreTrainedModel) -> nn.ModuleList:
     """The LM's stack of decoder layers (GPT-2 `transformer.h`, Llama `model.layers`, OPT `model.decoder.layers`):
     the one ModuleList holding `num_hidden_layers` Hugging Face decoder layers (or our wrappers of them)."""
@@ -92,7 +99,8 @@ def find_decoder_layers(lm: PreTrainedModel) -> nn.ModuleList:
     found = [m for m in lm.modules() if isinstance(m, nn.ModuleList) and len(m) == n
              and all(isinstance(layer, layer_types) for layer in m)]
     if len(found) != 1:
-        raise ValueError(f"could not find the decoder layer stack of {type(lm).__name__} ({len(found)} candidates)")
+        raise UnsupportedLMError(f"{type(lm).__name__} is not supported: could not find its decoder layer stack "
+                                 f"({len(found)} candidates)")
     return found[0]
 
 
@@ -143,11 +151,11 @@ class SparkFlamingo(nn.Module):
         self.lm_vocab_size = in_embed.num_embeddings
         self.image_token_id, self.eoc_token_id = add_flamingo_tokens(
             tokenizer, (config.image_token, config.end_of_chunk_token), self.lm_vocab_size)
-        dtype, device = in_embed.weight.dtype, in_embed.weight.device
+        device = in_embed.weight.device
         self.new_token_embed = nn.Embedding(2, in_embed.embedding_dim)
         self.new_token_head = nn.Linear(out_embed.in_features, 2, bias=False)
         with torch.no_grad():  # start both tokens at the mean LM token, a neutral point of both spaces
-            self.new_token_embed.weight.copy_(in_embed.weight.float().mean(0).expand(2, -1))
+            self.new_token_embed.weight.copy_(mean_input_embedding(in_embed).expand(2, -1))
             self.new_token_head.weight.copy_(out_embed.weight.float().mean(0).expand(2, -1))
 
         hidden = lm.config.get_text_config().hidden_size
@@ -159,22 +167,25 @@ class SparkFlamingo(nn.Module):
             xattn = None
             if (i + 1) % config.cross_attn_every_n_layers == 0:
                 xattn = GatedCrossAttentionBlock(hidden, hidden, config.xattn_heads, config.xattn_dim_head,
-                                                 config.ff_mult).to(device=device, dtype=dtype)
+                                                 config.ff_mult).to(device=device, dtype=torch.float32)
             layers[i] = FlamingoDecoderLayer(layer, i, xattn)
+        self._wrapped_layers = tuple(layers)  # a plain tuple: not registered as submodules a second time
         for module in (self.new_token_embed, self.new_token_head, self.perceiver):
-            module.to(device=device, dtype=dtype)
+            module.to(device=device, dtype=torch.float32)
         for name, param in self.named_parameters():
             param.requires_grad_(self.is_trainable_name(name))
         self.train()
 
     @classmethod
     def from_pretrained_parts(cls, config: FlamingoConfig, vision_path: str, lm_path: str,
-                              tokenizer_path: str | None = None, dtype: torch.dtype | None = None) -> "SparkFlamingo":
-        """Load the frozen parts from local directories (stage-1 run dir, HF causal-LM dir) and build the model."""
+                              tokenizer_path: str | None = None,
+                              lm_dtype: torch.dtype | str = "auto") -> "SparkFlamingo":
+        """Load the frozen parts from local directories (stage-1 run dir, HF causal-LM dir) and build the model.
+        The LM is loaded in `lm_dtype` ("auto": as saved); the vision tower as saved."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        vision = SparkModel.from_pretrained(vision_path, dtype=dtype)
-        lm = AutoModelForCausalLM.from_pretrained(lm_path, dtype=dtype)
+        vision = SparkModel.from_pretrained(vision_path, dtype="auto")
+        lm = AutoModelForCausalLM.from_pretrained(lm_path, dtype=lm_dtype)
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or lm_path)
         return cls(config, vision, lm, tokenizer, os.path.abspath(vision_path), os.path.abspath(lm_path))
 
@@ -252,12 +263,24 @@ class SparkFlamingo(nn.Module):
                media: MediaContext | None, cache=None, last_only: bool = False) -> torch.Tensor:
         """Run the (wrapped) LM on `input_ids` (the new tokens only when `cache` holds the past) and return
         logits [B, T (or 1 if last_only), lm_vocab + 2]. `attention_mask` covers past + new tokens."""
-        out = self.lm.base_model(inputs_embeds=self.embed_tokens(input_ids), attention_mask=attention_mask,
-                                 position_ids=position_ids, cache=cache, use_cache=cache is not None,
-                                 flamingo_media=media)
+        with attach_media(self._wrapped_layers, media):
+            out = self.lm.base_model(inputs_embeds=self.embed_tokens(input_ids), attention_mask=attention_mask,
+                                     position_ids=position_ids, cache=cache, use_cache=cache is not None)
+        if media is not None:
+            self.check_xattn_ran(media)
         h = out.last_hidden_state[:, -1:] if last_only else out.last_hidden_state
         lm_logits = self.lm.get_output_embeddings()(h)
-        return torch.cat([lm_logits, self.new_token_head(h).to(lm_logits.dtype)], dim=-1)
+        new_logits = self.new_token_head(h.to(self.new_token_head.weight.dtype)).to(lm_logits.dtype)
+        return lm_final_logits(self.lm.config, torch.cat([lm_logits, new_logits], dim=-1))
+
+    def check_xattn_ran(self, media: MediaContext) -> None:
+        """Every cross-attention layer must have read the images; an LM that calls its decoder layers some other
+        way than through the stack we wrapped would otherwise train blind with a finite loss."""
+        missing = [layer.layer_idx for layer in self._wrapped_layers
+                   if layer.gated_xattn is not None and layer.layer_idx not in media.ran]
+        if missing:
+            raise UnsupportedLMError(f"{type(self.lm).__name__} is not supported: the cross-attention before its "
+                                     f"decoder layers {missing} did not run (the image would have no effect)")
 
     # ------------------------------------------------------------------ public API
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
@@ -326,6 +349,29 @@ class SparkFlamingo(nn.Module):
 
     def load_trainable(self, ckpt_dir: str, expected_manifest: dict | None = None) -> dict:
         return flamingo_io.load_trainable(self, ckpt_dir, expected_manifest)
+
+
+def mean_input_embedding(in_embed: nn.Module, chunk: int = 8192) -> torch.Tensor:
+    """The mean of what the LM's input embedding module *returns* over its vocabulary (fp32). Families that scale
+    inside that module (Gemma-3's `embed_scale` = sqrt(hidden)) are respected; chunked to bound the memory."""
+    ids = torch.arange(in_embed.num_embeddings, device=in_embed.weight.device)
+    total = sum(in_embed(part).float().sum(0) for part in ids.split(chunk))
+    return total / in_embed.num_embeddings
+
+
+def lm_final_logits(lm_config: PretrainedConfig, logits: torch.Tensor) -> torch.Tensor:
+    """The last step of the LM's own `*ForCausalLM.forward` after its head, applied to all columns (the two new
+    ones included): Cohere's `logit_scale`, Granite's `logits_scaling`, Gemma-2/3's final soft-capping. The
+    family test matrix checks the result equals the LM's own logits."""
+    c = lm_config.get_text_config()
+    if getattr(c, "logit_scale", None) is not None:
+        logits = logits * c.logit_scale
+    if getattr(c, "logits_scaling", None) is not None:
+        logits = logits / c.logits_scaling
+    cap = getattr(c, "final_logit_softcapping", None)
+    if cap is not None:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
 
 
 def _inject_lora(lm: PreTrainedModel, config: FlamingoConfig) -> PreTrainedModel:

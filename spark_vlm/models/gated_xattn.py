@@ -8,19 +8,23 @@ Both gates start at 0, so at initialisation every block adds exactly 0 and the m
 
 How the visual latents and the masks reach the layers
 -----------------------------------------------------
-Nothing is stored on the modules between calls. `SparkFlamingo` builds one `MediaContext` per forward call and
-passes it as the keyword argument `flamingo_media=` to the Hugging Face *base model* (`GPT2Model`, `LlamaModel`,
-`OPTModel`, ...). In transformers 5 every base model forwards its unknown `**kwargs` to each decoder layer (see
-e.g. `LlamaModel.forward`: `decoder_layer(hidden_states, ..., **kwargs)`), so the argument arrives at our
-`FlamingoDecoderLayer`, which pops it before calling the original layer. Compared to running the layer loop
-ourselves this keeps each family's own causal/padding masks, rotary or learned positions and KV-cache logic,
-and compared to setting attributes on the layers (open_flamingo's `condition_vis_x`) it is safe under activation
-checkpointing (the recompute gets the same argument), ZeRO-3 (only parameters live on modules) and beam search
-(the context is rebuilt per step, so there is nothing to reorder).
+`SparkFlamingo` builds one `MediaContext` per forward call and attaches it to every `FlamingoDecoderLayer` for the
+duration of that one call (`attach_media`, cleared in a `finally`), then calls the Hugging Face *base model*
+(`GPT2Model`, `LlamaModel`, ...). This does not rely on the base model forwarding extra keyword arguments to its
+decoder layers, which several families (Falcon, BLOOM, GPT-Neo, MPT) do not do. Compared to running the layer loop
+ourselves this keeps each family's own causal/padding masks, rotary/learned/ALiBi positions and KV-cache logic.
+Each layer reads the context when it is called and hands it to its (possibly checkpointed) body as an argument,
+so an activation-checkpointing recompute in the backward pass, after the context was detached, gets the same
+context. Nothing outlives the call, so ZeRO-3 (only parameters live on modules) and beam search (the context is
+rebuilt per step, nothing to reorder) are unaffected.
+
+Every xattn layer records in `MediaContext.ran` that it ran; `SparkFlamingo` checks after each call that all of
+them did, so an LM whose decoder layers we failed to reach can never train silently blind.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -47,6 +51,7 @@ class MediaContext:
     attn_mask: torch.Tensor
     has_media: torch.Tensor
     kv: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
+    ran: set[int] = field(default_factory=set)  # decoder layer indices whose xattn block used this context
 
     @classmethod
     def build(cls, latents: torch.Tensor, media_index: torch.Tensor,
@@ -102,21 +107,25 @@ class GatedCrossAttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor, media: MediaContext,
                 kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         # Gates cast to x's dtype keep the hidden states' dtype; tanh(0) * finite = 0, so x is unchanged.
-        x = x + self.attn_gate.tanh().to(x.dtype) * self.attn(x, media, kv)
-        return x + self.ff_gate.tanh().to(x.dtype) * self.ff(x)
+        # The block computes in its own (fp32) dtype and hands back the LM's dtype; tanh(0) * finite = 0 and the
+        # round trip to fp32 is exact, so at initialisation x comes back unchanged.
+        h = x.to(self.attn_gate.dtype)
+        h = h + self.attn_gate.tanh() * self.attn(h, media, kv)
+        h = h + self.ff_gate.tanh() * self.ff(h)
+        return h.to(x.dtype)
 
 
 class FlamingoDecoderLayer(nn.Module):
     """Wraps one frozen decoder layer of the LM: [optional gated xattn block] -> original layer.
 
     Every decoder layer is wrapped (so the LM stays uniform); only every N-th one owns a cross-attention block.
-    The call signature is the original layer's plus the keyword `flamingo_media`; when it is absent (the LM used
-    on its own) the wrapper is a plain pass-through.
+    The call signature is the original layer's; the media context comes from `attach_media`. Without one (the LM
+    used on its own) the wrapper is a plain pass-through.
 
     Activation checkpointing is done here rather than by Hugging Face's `GradientCheckpointingLayer`, because
     that one only checkpoints modules in training mode and the frozen LM is always kept in eval mode (no dropout).
     We checkpoint whenever gradients are being recorded, wrapping xattn + layer in one non-reentrant checkpoint
-    (keyword arguments, including the `MediaContext`, are simply replayed on recompute).
+    whose arguments (the `MediaContext` included) are replayed on recompute.
     """
 
     def __init__(self, decoder_layer: nn.Module, layer_idx: int, gated_xattn: GatedCrossAttentionBlock | None):
@@ -125,18 +134,32 @@ class FlamingoDecoderLayer(nn.Module):
         self.gated_xattn = gated_xattn
         self.layer_idx = layer_idx  # key of this layer's entry in `MediaContext.kv`
         self.activation_checkpointing = False
+        self.media: MediaContext | None = None  # set by `attach_media` for one call only
 
-    def forward(self, hidden_states: torch.Tensor, *args, flamingo_media: MediaContext | None = None, **kwargs):
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+        media = self.media
         if self.activation_checkpointing and torch.is_grad_enabled():
             if kwargs.get("use_cache"):
                 # The recompute would append this step's keys/values to the cache a second time.
                 raise ValueError("activation checkpointing cannot be combined with a KV cache")
-            return checkpoint(self._forward, hidden_states, *args, flamingo_media=flamingo_media,
-                              use_reentrant=False, **kwargs)
-        return self._forward(hidden_states, *args, flamingo_media=flamingo_media, **kwargs)
+            return checkpoint(self._forward, hidden_states, media, *args, use_reentrant=False, **kwargs)
+        return self._forward(hidden_states, media, *args, **kwargs)
 
-    def _forward(self, hidden_states: torch.Tensor, *args, flamingo_media: MediaContext | None = None, **kwargs):
-        if self.gated_xattn is not None and flamingo_media is not None:
-            kv = flamingo_media.kv.get(self.layer_idx) if flamingo_media.kv is not None else None
-            hidden_states = self.gated_xattn(hidden_states, flamingo_media, kv)
+    def _forward(self, hidden_states: torch.Tensor, media: MediaContext | None, *args, **kwargs):
+        if self.gated_xattn is not None and media is not None:
+            kv = media.kv.get(self.layer_idx) if media.kv is not None else None
+            hidden_states = self.gated_xattn(hidden_states, media, kv)
+            media.ran.add(self.layer_idx)
         return self.decoder_layer(hidden_states, *args, **kwargs)
+
+
+@contextmanager
+def attach_media(layers: list[FlamingoDecoderLayer], media: MediaContext | None):
+    """Give every wrapped layer `media` for the duration of one LM call (see the module docstring)."""
+    for layer in layers:
+        layer.media = media
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.media = None

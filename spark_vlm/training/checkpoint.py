@@ -75,6 +75,24 @@ def load_checkpoint(accelerator, path: str | Path, **load_kwargs) -> dict:
     return json.loads((Path(path) / STATE_FILE).read_text())
 
 
+def frozen_mismatch(ckpt: str | Path, frozen: dict[str, dict] | None) -> str | None:
+    """Why resuming `ckpt` on top of this run's frozen parts would be wrong (None if it is fine). `frozen` is
+    {part: {"source", "sha256"}}, stored in every checkpoint's trainer state: a checkpoint leaves the frozen
+    weights out, so resuming on another backbone would otherwise succeed and certify the new one."""
+    if frozen is None:
+        return None
+    saved = json.loads((Path(ckpt) / STATE_FILE).read_text()).get("frozen")
+    if saved is None:
+        return f"--resume {ckpt}: the checkpoint does not record its frozen parts' hashes; refusing to resume"
+    for part in sorted(set(saved) | set(frozen)):
+        was, now = saved.get(part, {}), frozen.get(part, {})
+        if was.get("sha256") != now.get("sha256"):
+            return (f"--resume {ckpt}: frozen {part} mismatch: the checkpoint was trained on "
+                    f"{was.get('source', '?')!r} (sha256 {str(was.get('sha256'))[:16]}...), this run loads "
+                    f"{now.get('source', '?')!r} (sha256 {str(now.get('sha256'))[:16]}...); refusing to resume")
+    return None
+
+
 def start_fresh(run_dir: Path) -> None:
     """A run that does not resume starts a new history: an old metrics.jsonl and old checkpoints in the same
     directory would otherwise mix two runs (and `--resume latest` could later pick the old run's state)."""

@@ -170,7 +170,8 @@ def evaluate(run: Run, step: int, logger: MetricsLogger) -> dict:
 def save(run: Run, state: LoopState, save_kwargs: dict) -> None:
     """A full checkpoint for `--resume`, then the stage's loadable export of the current weights."""
     save_checkpoint(run.accelerator, run.run_dir, state.step,
-                    {"epoch": state.epoch, "batches_into_epoch": state.batches_into_epoch},
+                    {"epoch": state.epoch, "batches_into_epoch": state.batches_into_epoch,
+                     **({"frozen": run.stage.frozen} if run.stage.frozen is not None else {})},
                     keep=run.train.keep_checkpoints, **save_kwargs)
     run.stage.export(run.accelerator, run.model, run.run_dir)
 

@@ -17,6 +17,7 @@ from typing import Callable
 
 import torch
 
+from .checkpoint import frozen_mismatch, resolve_resume
 from .config import save_config
 from .loop import Run, train_loop
 from .optim import build_optimizer, cosine_schedule
@@ -40,6 +41,7 @@ class Stage:
     export: Callable[[object, torch.nn.Module, Path], None]  # (accelerator, prepared model, run dir), every rank
     summary: Callable[[int, dict], str]  # (final step, final evaluation) -> what the user reads at the end
     trainable_only: Callable[[str], bool] | None = None  # checkpoints keep only these parameters
+    frozen: dict[str, dict] | None = None  # {part: {"source", "sha256"}} of weights that checkpoints leave out
 
 
 def train(cfg, build: Callable[[object, object], Stage], resume: str | None = None) -> dict:
@@ -52,6 +54,9 @@ def train(cfg, build: Callable[[object, object], Stage], resume: str | None = No
     accelerator = make_accelerator(t)
     set_seed(t.seed)
     stage = build(cfg, accelerator)
+    ckpt = resolve_resume(t.output_dir, resume)
+    if ckpt is not None and (problem := frozen_mismatch(ckpt, stage.frozen)):
+        raise SetupError(problem)
     run_dir = Path(t.output_dir)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -65,6 +70,7 @@ def train(cfg, build: Callable[[object, object], Stage], resume: str | None = No
     streaming = isinstance(stage.train_data, torch.utils.data.IterableDataset)
     loader = torch.utils.data.DataLoader(stage.train_data, batch_size=t.batch_size, shuffle=not streaming,
                                          drop_last=True, num_workers=t.num_workers)
+    deepspeed_from_config(accelerator, cfg.optim.grad_clip)
     if t.compile:
         model = torch.compile(model)
     if streaming:  # the shards are already split over ranks and workers: accelerate must not split again
@@ -72,6 +78,9 @@ def train(cfg, build: Callable[[object, object], Stage], resume: str | None = No
     else:
         model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
 
+    if accelerator.state.deepspeed_plugin is not None:
+        accelerator.print(f"DeepSpeed ZeRO-{model.zero_optimization_stage()}: gradient clipping "
+                          f"{model.gradient_clipping()} (from the engine)")
     peak = peak_flops(accelerator, t)
     accelerator.print(f"model FLOPs per sample {stage.flops_per_sample / 1e9:.3f} GFLOP; device peak "
                       f"{peak / 1e12:.2f} TFLOP/s ({'configured' if t.peak_tflops else 'measured matmul'})")
@@ -80,6 +89,16 @@ def train(cfg, build: Callable[[object, object], Stage], resume: str | None = No
     state, result = train_loop(run, resume)
     finish(accelerator, run_dir, state.step, result, stage.summary(state.step, result))
     return result
+
+
+def deepspeed_from_config(accelerator, grad_clip: float | None) -> None:
+    """Our config decides DeepSpeed's clipping: Accelerate would fill `"gradient_clipping": "auto"` with a fixed
+    1.0 at `prepare`, and under DeepSpeed `clip_grad_norm_` is a no-op, so `optim.grad_clip` would be ignored.
+    (0 disables clipping in DeepSpeed.) Precision, micro-batch and accumulation are filled from the config by
+    Accelerate itself."""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is not None:
+        plugin.deepspeed_config["gradient_clipping"] = float(grad_clip or 0.0)
 
 
 def make_accelerator(train: TrainConfig):

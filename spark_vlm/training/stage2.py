@@ -22,8 +22,7 @@ from ..data.cache import CACHE_ROOT
 from ..data.images import to_pixel_values
 from ..data.stage2 import stage2_arrays, stage2_datasets
 from ..models import flamingo_io
-from ..models.flamingo import SparkFlamingo
-from .checkpoint import plain_name
+from ..models.flamingo import SparkFlamingo, UnsupportedLMError
 from .run import SetupError, Stage
 from .stage2_config import Stage2Config
 from .stage2_eval import (caption_losses, distinct_caption_share, gate_values, model_dtype,
@@ -55,10 +54,24 @@ def build_model(cfg: Stage2Config, lm_path: str) -> SparkFlamingo:
     vision_dir = Path(cfg.vision_checkpoint)
     vision_width = json.loads(stage1_config_file(cfg.vision_checkpoint).read_text())["vision_width"]
     config = cfg.model.flamingo_config(vision_width)
-    model = SparkFlamingo.from_pretrained_parts(config, str(vision_dir), lm_path)
+    try:
+        model = SparkFlamingo.from_pretrained_parts(config, str(vision_dir), lm_path, lm_dtype=cfg.lm.torch_dtype())
+        check_lm_supported(model)
+    except UnsupportedLMError as e:
+        raise SetupError(f"lm.path={lm_path}: {e}") from None
     # DeepSpeed's "auto" bucket sizes are derived from model.config.hidden_size: the LM's width here.
     model.config.hidden_size = model.lm.config.get_text_config().hidden_size
     return model
+
+
+@torch.no_grad()
+def check_lm_supported(model: SparkFlamingo) -> None:
+    """One 2-token forward (an image, then a token) before training: every cross-attention layer must run, or the
+    LM is refused in one line (`UnsupportedLMError`) instead of training blind."""
+    size = model.vision.config.image_size
+    pixels = torch.zeros(1, 1, 3, size, size, dtype=model_dtype(model), device=model.perceiver.latents.device)
+    ids = torch.tensor([[model.image_token_id, 0]], device=pixels.device)
+    model(pixels, ids)
 
 
 @contextmanager
@@ -85,14 +98,28 @@ def stage2_loss(model, batch: dict) -> dict[str, torch.Tensor]:
     return {"loss": out.loss}
 
 
+def trainable_fp32_state(accelerator, model) -> dict[str, torch.Tensor]:
+    """The trainable weights in fp32, whole, on every rank. Under DeepSpeed the module may hold bf16/fp16 copies
+    (and ZeRO-3 only partitions): the fp32 master weights come from the optimizer, gathered one trainable tensor
+    at a time (a collective: every rank calls it), never the frozen LM."""
+    unwrapped = accelerator.unwrap_model(model)
+    if accelerator.state.deepspeed_plugin is None:
+        return {n: p.detach().float() for n, p in unwrapped.named_trainable_parameters()}
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    state = {}
+    for name, param in unwrapped.named_trainable_parameters():
+        master = safe_get_full_fp32_param(param)
+        state[name] = (master if master is not None else param.detach()).float()
+    return state
+
+
 def export_run(accelerator, model, tokenizer, manifest: dict, run_dir: Path) -> None:
-    """Trainable weights (gathered from every rank, DeepSpeed included), manifest and the extended tokenizer
-    into the run directory."""
-    state = accelerator.get_state_dict(model)  # collective under ZeRO-3: every rank must call it
+    """Trainable weights (fp32, gathered from every rank, DeepSpeed included), manifest and the extended
+    tokenizer into the run directory."""
+    trainable = trainable_fp32_state(accelerator, model)
     if not accelerator.is_main_process:
         return
-    state = {plain_name(k): v for k, v in state.items()}
-    trainable = {k: v for k, v in state.items() if SparkFlamingo.is_trainable_name(k)}
     flamingo_io.write_trainable(trainable, manifest, str(run_dir))
     tokenizer.save_pretrained(str(run_dir / "tokenizer"))
 
@@ -119,7 +146,8 @@ def build_stage2(cfg: Stage2Config, accelerator) -> Stage:
         manifest = model.build_manifest(stage2_config=cfg.__class__.__name__, lm_path=os.path.abspath(lm_path))
         train_data, val_data, prompts = stage2_datasets(train_arrays, val_arrays, model.tokenizer, d.max_text_len,
                                                         cfg.train.seed)
-        baseline = text_only_caption_loss(lm_path, val_data, prompts)
+        baseline = text_only_caption_loss(lm_path, val_data, prompts, lm_dtype=cfg.lm.torch_dtype(),
+                                          device=accelerator.device)
 
     n_train = sum(p.numel() for p in model.trainable_parameters())
     n_all = sum(p.numel() for p in model.parameters())
@@ -159,4 +187,5 @@ def build_stage2(cfg: Stage2Config, accelerator) -> Stage:
         export=lambda acc, m, out_dir: export_run(acc, m, tokenizer, manifest, out_dir),
         summary=summary,
         trainable_only=SparkFlamingo.is_trainable_name,
+        frozen={part: manifest[part] for part in flamingo_io.FROZEN_PARTS},
     )

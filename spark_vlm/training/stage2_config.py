@@ -35,6 +35,13 @@ class FlamingoModelConfig(_FlamingoKwargs):
 class LMConfig:
     path: str | None = None  # a local Hugging Face causal-LM directory (GPT-2, Llama, OPT, ...); null = stand-in
     standin: StandinLM = field(default_factory=StandinLM)  # pretrained on the training captions when no path (cached)
+    # The frozen LM's weights: as saved (auto) or cast; the trainable parts are always fp32 master weights.
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+
+    def torch_dtype(self):
+        import torch
+
+        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(self.dtype, "auto")
 
     def validate(self, prefix: str) -> None:
         check(self.path is None or Path(self.path, "config.json").is_file(), f"{prefix}path",

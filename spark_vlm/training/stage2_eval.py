@@ -110,18 +110,20 @@ def distinct_caption_share(model, data: CaptionedImages, prompts: FlamingoPrompt
 
 
 @torch.no_grad()
-def text_only_caption_loss(lm_path: str, data: CaptionedImages, prompts: FlamingoPrompts, batch_size: int = 64) -> float:
+def text_only_caption_loss(lm_path: str, data: CaptionedImages, prompts: FlamingoPrompts, batch_size: int = 64,
+                           lm_dtype: torch.dtype | str = "auto", device: torch.device | str = "cpu") -> float:
     """The frozen LM alone on the same tokens (caption tokens 2..n given the earlier ones): the baseline that
-    stage 2 must beat. A fresh copy of the LM is used, so the number cannot drift with training."""
+    stage 2 must beat. A fresh copy of the LM (in the captioner's LM dtype, on the training device) is used, so the
+    number cannot drift with training."""
     from transformers import AutoModelForCausalLM
 
-    lm = AutoModelForCausalLM.from_pretrained(lm_path).eval()
+    lm = AutoModelForCausalLM.from_pretrained(lm_path, dtype=lm_dtype).to(device).eval()
     losses = []
     for _, ids, mask, _, inner in _first_caption_batches(data, prompts, batch_size):
         ids, mask, inner = ids[:, 1:], mask[:, 1:], inner[:, 1:]  # drop <image>: c1..cn <eoc> <pad>...
         ids = ids.masked_fill(ids >= lm.config.vocab_size, prompts.pad_id)  # <eoc> is never scored anyway
-        logits = lm(input_ids=ids, attention_mask=mask).logits.float()
-        target = inner[:, 1:]
+        logits = lm(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+        target = inner[:, 1:].to(device)
         nll = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), target.flatten(), ignore_index=-100,
                                                 reduction="sum")
         n = int((target != -100).sum())
