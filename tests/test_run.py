@@ -24,7 +24,14 @@ def toy_stage(exported: list):
     return build
 
 
-@pytest.mark.parametrize("config_cls", [Stage1Config, Stage2Config])
+def test_stage2_refuses_compile_before_any_work():
+    from spark_vlm.training.config import ConfigError
+
+    with pytest.raises(ConfigError, match="train.compile: is not supported in stage 2"):
+        load_config(Stage2Config, None, ["train.compile=true"])
+
+
+@pytest.mark.parametrize("config_cls", [Stage1Config])
 def test_the_scaffold_compiles_trains_evaluates_and_exports(tmp_path, monkeypatch, config_cls):
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda model: compiled.append(model) or model)
