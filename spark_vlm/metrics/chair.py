@@ -15,16 +15,20 @@ CHAIRi = % of all mentions (repeats count) that name an absent object, pooled ov
 "Absent" means: not among the image's ground-truth objects, which for COCO are the instance
 annotations plus every object mentioned in the image's reference captions.
 
-Known deviations from the reference (all on purpose, each is a bug fix there):
+The default deviates from the reference where the reference is wrong (each a bug fix there);
+``ChairVocabulary.coco(reference_exact=True)`` (``eval/hallucination.py --reference-exact``) undoes
+the first and third, so that the reference's published numbers can be reproduced:
 * The reference singularises with ``pattern.en.singularize``; we use the small rule-based
   ``singularize`` below, which is right for every vocabulary word. pattern gets a few wrong and
   the reference inherits it: "bus" -> "bu" (so a singular bus is never counted), "ties" -> "ty",
   "glass" -> "glas" (the reference's "wine glas" rule patches only that one).
-* Tokenisation is a regular expression instead of ``nltk.word_tokenize``; both split off
-  punctuation and "'s"/"n't" and keep hyphenated words whole, which is all that matters here.
+* Tokenisation is a regular expression instead of ``nltk.word_tokenize`` (also in the
+  reference-exact mode: nltk and its punkt data are not installed); both split off punctuation
+  and "'s"/"n't" and keep hyphenated words whole, which is all that matters here.
 * Two synonyms in the reference list carry a leading space (" motor bike", " cheesecake") and can
   never match there; we strip them, so "motor bike" counts as a motorcycle and "cheesecake" as
   a cake. The data file itself is kept byte-identical to the reference list.
+* With no mention in any caption CHAIRi is 0 (the reference divides by zero), in both modes.
 * Kept as in the reference: "iPhone" is never matched (captions are lower-cased, the synonym is
   not) and the three-word "stove top oven" is seen as "stove", "top", "oven" (two oven mentions).
 """
@@ -34,7 +38,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Hashable, Mapping, Sequence
+from typing import Any, Callable, Hashable, Mapping, Sequence
+
+from .pattern_singular import pattern_singularize
 
 COCO_SYNONYMS_PATH = Path(__file__).parent / "data" / "coco_synonyms.txt"
 
@@ -151,11 +157,13 @@ class ChairVocabulary:
     synonyms: category -> its words (category name first), as in the reference synonyms list.
     double_words: two-word phrase (after singularisation) -> the word it stands for.
     drop_rules: (trigger, word) pairs: when ``trigger`` is in a caption, every ``word`` is dropped.
+    singularizer: applied to every caption token (``pattern_singularize`` in the reference-exact mode).
     """
 
     synonyms: dict[str, list[str]]
     double_words: dict[str, str] = field(default_factory=dict)
     drop_rules: tuple[tuple[str, str], ...] = ()
+    singularizer: Callable[[str], str] = singularize
     word_to_category: dict[str, str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -173,20 +181,25 @@ class ChairVocabulary:
         """Category for a category name or synonym (e.g. an instance-annotation class name)."""
         name = name.strip().lower()
         return self.word_to_category.get(name) or self.word_to_category.get(
-            " ".join(singularize(w) for w in name.split()))
+            " ".join(self.singularizer(w) for w in name.split()))
 
     @classmethod
-    def coco(cls, path: str | Path = COCO_SYNONYMS_PATH) -> "ChairVocabulary":
+    def coco(cls, path: str | Path = COCO_SYNONYMS_PATH, reference_exact: bool = False) -> "ChairVocabulary":
         """The 80 COCO categories with the reference's synonyms and two-word rules.
 
         The file has one category per line, ``name, synonym, synonym, ...``, exactly like the
         reference's data/synonyms.txt. Each entry is stripped: the reference splits on ", " and
         keeps the leading space of " motor bike" and " cheesecake", which then never match.
+        ``reference_exact`` keeps those spaces and singularises with pattern.en's rules, as the
+        reference does.
         """
         synonyms: dict[str, list[str]] = {}
         for line in Path(path).read_text(encoding="utf-8").splitlines():
-            words = [w.strip() for w in line.strip().split(", ") if w.strip()]
-            if words:
+            if reference_exact:
+                words = line.strip().split(", ")
+            else:
+                words = [w.strip() for w in line.strip().split(", ") if w.strip()]
+            if words and words[0]:
                 synonyms[words[0]] = words
         double_words = {d: d for d in COCO_DOUBLE_WORDS}
         for animal in COCO_ANIMAL_WORDS:
@@ -197,7 +210,8 @@ class ChairVocabulary:
         double_words["bow tie"] = "tie"
         double_words["toilet seat"] = "toilet"
         double_words["wine glas"] = "wine glass"  # kept from the reference; pattern's "glas"
-        return cls(synonyms, double_words, drop_rules=(("toilet", "seat"),))
+        return cls(synonyms, double_words, drop_rules=(("toilet", "seat"),),
+                   singularizer=pattern_singularize if reference_exact else singularize)
 
     @classmethod
     def from_synonyms(cls, synonyms: Mapping[str, Sequence[str]]) -> "ChairVocabulary":
@@ -234,7 +248,7 @@ def extract_objects(caption: str, vocab: ChairVocabulary) -> list[tuple[str, str
 
     ``word`` is the matched (singularised, two-word-merged) synonym, e.g. ("kitten", "cat").
     """
-    words = [singularize(w) for w in tokenize(caption)]
+    words = [vocab.singularizer(w) for w in tokenize(caption)]
     merged: list[str] = []
     i = 0
     while i < len(words):  # greedy left-to-right pairs, as in the reference
