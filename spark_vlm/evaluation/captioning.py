@@ -2,14 +2,27 @@
 against reference captions, and CHAIR object hallucination against the objects each image holds."""
 from __future__ import annotations
 
+import shutil
+
 from ..metrics.caption_metrics import references_from_coco, score_captions
 from ..metrics.chair import ChairVocabulary, compute_chair, gt_objects_from_coco
 from .report import Report, read_json
 
 
+def _naming(path, what: str, fn, *args):
+    """fn(*args), its ValueError prefixed with the file it is about."""
+    try:
+        return fn(*args)
+    except ValueError as e:
+        raise ValueError(f"{what} file {path}: {e}") from e
+
+
 def caption_metrics_report(results: str, annotations: str, split: str | None = None) -> Report:
     """BLEU-1..4, METEOR, ROUGE-L, CIDEr-D (x100, pycocoevalcap) of `results` against a COCO captions file."""
-    scores = score_captions(read_json(results, "results"), references_from_coco(read_json(annotations, "annotations")))
+    if shutil.which("java") is None:
+        raise ValueError("java is not on PATH: pycocoevalcap's PTB tokenizer and METEOR need a Java runtime")
+    references = _naming(annotations, "annotations", references_from_coco, read_json(annotations, "annotations"))
+    scores = _naming(results, "results", score_captions, read_json(results, "results"), references)
     result = {"split": split, "num_images": scores["num_images"], "overall": scores["overall"],
               "per_image": scores["per_image"]}
     return Report(f"{split or 'captions'}: {scores['num_images']} images", result, [scores["overall"]])
@@ -31,10 +44,12 @@ def chair_report(results: str, captions: str, instances: str | None = None, syno
         table = read_json(synonyms, "synonyms")
         if not isinstance(table, dict):
             raise ValueError(f"synonyms file {synonyms} must hold a JSON object {{category: [synonyms]}}")
-        vocab = ChairVocabulary.from_synonyms(table)
+        vocab = _naming(synonyms, "synonyms", ChairVocabulary.from_synonyms, table)
     else:
         vocab = ChairVocabulary.coco(reference_exact=reference_exact)
-    scores = compute_chair(predictions, gt_objects_from_coco(instance_annotations, references, vocab), vocab)
+    gt_objects = gt_objects_from_coco(instance_annotations, references, vocab, f"instances file {instances}",
+                                      f"captions file {captions}")
+    scores = _naming(results, "results", compute_chair, predictions, gt_objects, vocab)
     scores["vocabulary"] = synonyms or "coco"
     scores["mode"] = "reference-exact" if reference_exact else "default (fixed singulariser)"
     row = {"CHAIRs": scores["CHAIRs"], "CHAIRi": scores["CHAIRi"], "captions": scores["num_captions"],

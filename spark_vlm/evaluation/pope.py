@@ -26,6 +26,7 @@ from ..data.padding import right_pad
 from ..data.prompts import END_OF_CHUNK, IMAGE_TOKEN
 from ..data.readers import load_pairs
 from ..data.text import question_answer
+from ..data.coco_json import coco_entries
 from ..metrics.pope import SETTINGS, parse_yes_no, pope_scores, sample_pope_questions, select_pope_images
 from .captioner import load_captioner
 from .report import Report, read_json, skip_summary
@@ -39,24 +40,14 @@ def qa_text(question: str, answer: str | None) -> str:
     return text if answer is None else text + END_OF_CHUNK
 
 
-def _entries(data, key: str, path, fields: tuple[str, ...]) -> list[dict]:
-    entries = data.get(key) if isinstance(data, dict) else None
-    if not isinstance(entries, list):
-        raise ValueError(f"instances file {path} must be a COCO dict with a {key!r} list")
-    for i, entry in enumerate(entries):
-        missing = [f for f in fields if not isinstance(entry, dict) or f not in entry]
-        if missing:
-            raise ValueError(f"instances file {path}: {key}[{i}] has no {missing[0]!r}")
-    return entries
-
-
 def instance_questions(instances: str, settings, num_images: int, seed: int) -> tuple[dict, dict]:
     """({setting: questions}, {image_id: file_name}) from a COCO instances file (objects in annotation order)."""
     coco = read_json(instances, "instances")
-    images = _entries(coco, "images", instances, ("id", "file_name"))
-    names = {c["id"]: c["name"] for c in _entries(coco, "categories", instances, ("id", "name"))}
+    where = f"instances file {instances}"
+    images = coco_entries(coco, "images", where, ids=("id",), strings=("file_name",))
+    names = {c["id"]: c["name"] for c in coco_entries(coco, "categories", where, ids=("id",), strings=("name",))}
     gt: dict = {}
-    for i, ann in enumerate(_entries(coco, "annotations", instances, ("image_id", "category_id"))):
+    for i, ann in enumerate(coco_entries(coco, "annotations", where, ids=("image_id", "category_id"))):
         if ann["category_id"] not in names:
             raise ValueError(f"instances file {instances}: annotations[{i}] has unknown category_id "
                              f"{ann['category_id']!r}")

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Hashable, Mapping, Sequence
 
+from ..data.coco_json import check_id, coco_entries
 from .pattern_singular import pattern_singularize
 
 COCO_SYNONYMS_PATH = Path(__file__).parent / "data" / "coco_synonyms.txt"
@@ -225,8 +226,8 @@ class ChairVocabulary:
         table: dict[str, list[str]] = {}
         double_words: dict[str, str] = {}
         for category, words in synonyms.items():
-            if isinstance(words, str):
-                raise ValueError(f"synonyms of {category!r} must be a list of words, not a string")
+            if not isinstance(words, list) or not all(isinstance(w, str) and w.strip() for w in words):
+                raise ValueError(f"synonyms of {category!r} must be a list of words, got {words!r}")
             entries: list[str] = []
             for raw in [category, *words]:
                 phrase = " ".join(str(raw).lower().split())
@@ -293,7 +294,7 @@ def compute_chair(results: Sequence[Mapping[str, Any]],
     for i, entry in enumerate(results):
         if not isinstance(entry, Mapping) or "image_id" not in entry or not isinstance(entry.get("caption"), str):
             raise ValueError(f"result #{i} must be a dict with 'image_id' and a string 'caption'")
-        image_id, caption = entry["image_id"], entry["caption"]
+        image_id, caption = check_id(entry["image_id"], f"result #{i}'s image_id"), entry["caption"]
         if image_id not in gt_objects:
             raise ValueError(f"result #{i} has image_id {image_id!r}, which has no ground-truth objects entry")
         present = gt_objects[image_id]
@@ -326,36 +327,37 @@ def compute_chair(results: Sequence[Mapping[str, Any]],
 
 def gt_objects_from_coco(instances_json: Mapping[str, Any] | None,
                          captions_json: Mapping[str, Any],
-                         vocab: ChairVocabulary) -> dict[Hashable, set[str]]:
+                         vocab: ChairVocabulary,
+                         instances_name: str = "instances", captions_name: str = "captions") -> dict[Hashable, set[str]]:
     """Ground-truth objects per image: instance annotations ∪ objects in the reference captions.
 
     ``instances_json`` (COCO instances format, optional) contributes each annotation's category,
     mapped through ``vocab``; ``captions_json`` (COCO captions format) contributes every object
     mentioned in an image's reference captions. Every image listed in either file gets an entry.
+    A malformed entry raises ValueError naming the file (``*_name``), the entry and what is wrong.
     """
-    if not isinstance(captions_json, Mapping) or not isinstance(captions_json.get("annotations"), list):
-        raise ValueError("captions must be a COCO captions dict with an 'annotations' list")
+    captions = coco_entries(captions_json, "annotations", captions_name, ids=("image_id",), strings=("caption",))
     objects: dict[Hashable, set[str]] = {}
-    for source in (instances_json, captions_json):
-        for image in (source or {}).get("images", []):
-            objects.setdefault(image["id"], set())
+    for name, source in ((instances_name, instances_json), (captions_name, captions_json)):
+        if source is not None and "images" in source:
+            for image in coco_entries(source, "images", name, ids=("id",)):
+                objects.setdefault(image["id"], set())
 
     if instances_json is not None:
-        if not isinstance(instances_json.get("annotations"), list) or not isinstance(
-                instances_json.get("categories"), list):
-            raise ValueError("instances must be a COCO instances dict with 'annotations' and 'categories'")
         id_to_category = {}
-        for cat in instances_json["categories"]:
+        for cat in coco_entries(instances_json, "categories", instances_name, ids=("id",), strings=("name",)):
             category = vocab.category_of(cat["name"])
             if category is None:
-                raise ValueError(f"instance category {cat['name']!r} is not in the CHAIR vocabulary")
+                raise ValueError(f"{instances_name}: category {cat['name']!r} is not in the CHAIR vocabulary")
             id_to_category[cat["id"]] = category
-        for ann in instances_json["annotations"]:
+        for i, ann in enumerate(coco_entries(instances_json, "annotations", instances_name,
+                                             ids=("image_id", "category_id"))):
             if ann["category_id"] not in id_to_category:
-                raise ValueError(f"instance annotation refers to unknown category_id {ann['category_id']!r}")
+                raise ValueError(f"{instances_name}: annotations[{i}] refers to unknown category_id "
+                                 f"{ann['category_id']!r}")
             objects.setdefault(ann["image_id"], set()).add(id_to_category[ann["category_id"]])
 
-    for ann in captions_json["annotations"]:
+    for ann in captions:
         found = objects.setdefault(ann["image_id"], set())
         found.update(category for _, category in extract_objects(ann["caption"], vocab))
     return objects
