@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 
-from ..metrics.caption_metrics import references_from_coco, score_captions
+from ..metrics.caption_metrics import references_from_coco, score_captions, validate_results
 from ..metrics.chair import ChairVocabulary, compute_chair, gt_objects_from_coco
 from .report import Report, read_json
 
@@ -19,10 +19,12 @@ def _naming(path, what: str, fn, *args):
 
 def caption_metrics_report(results: str, annotations: str, split: str | None = None) -> Report:
     """BLEU-1..4, METEOR, ROUGE-L, CIDEr-D (x100, pycocoevalcap) of `results` against a COCO captions file."""
+    references = _naming(annotations, "annotations", references_from_coco, read_json(annotations, "annotations"))
+    predictions = read_json(results, "results")
+    _naming(results, "results", validate_results, predictions, references)  # before Java starts
     if shutil.which("java") is None:
         raise ValueError("java is not on PATH: pycocoevalcap's PTB tokenizer and METEOR need a Java runtime")
-    references = _naming(annotations, "annotations", references_from_coco, read_json(annotations, "annotations"))
-    scores = _naming(results, "results", score_captions, read_json(results, "results"), references)
+    scores = score_captions(predictions, references)
     result = {"split": split, "num_images": scores["num_images"], "overall": scores["overall"],
               "per_image": scores["per_image"]}
     return Report(f"{split or 'captions'}: {scores['num_images']} images", result, [scores["overall"]])
