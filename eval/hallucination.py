@@ -1,12 +1,14 @@
 """Measure object hallucination in generated captions with CHAIR (CHAIRs / CHAIRi, in %).
 
     python eval/hallucination.py --results results.json --captions captions.json \
-        [--instances instances.json] [--synonyms synonyms.json] --out chair.json
+        [--instances instances.json] [--synonyms synonyms.json] [--reference-exact] --out chair.json
 
 Ground-truth objects per image are the instance annotations (if given) plus every object named
 in the image's reference captions. The vocabulary is COCO's 80 categories with the reference
 CHAIR synonyms, unless --synonyms gives a JSON ``{category: [synonyms]}`` (e.g. the synthetic
-scenes' annotations/synonyms.json). The protocol: spark_vlm/evaluation/captioning.py; the metric:
+scenes' annotations/synonyms.json). --reference-exact reproduces the reference implementation's
+numbers (pattern.en's singulariser: "bus" -> "bu", "ties" -> "ty", ...; see the metric's docstring);
+the default fixes those bugs. The protocol: spark_vlm/evaluation/captioning.py; the metric:
 spark_vlm/metrics/chair.py.
 """
 import argparse
@@ -21,10 +23,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--captions", required=True, help="COCO-format reference captions JSON")
     parser.add_argument("--instances", default=None, help="COCO instances JSON (optional)")
     parser.add_argument("--synonyms", default=None, help="JSON {category: [synonyms]} vocabulary")
+    parser.add_argument("--reference-exact", action="store_true",
+                        help="reproduce LisaAnne/Hallucination's numbers, its singulariser's bugs included")
     parser.add_argument("--out", required=True, help="where to write the CHAIR JSON (a .md table goes next to it)")
     args = parser.parse_args(argv)
     try:
-        report = chair_report(args.results, args.captions, args.instances, args.synonyms)
+        report = chair_report(args.results, args.captions, args.instances, args.synonyms, args.reference_exact)
     except ValueError as e:
         parser.exit(2, f"error: {e}\n")
     write_report(report, args.out)

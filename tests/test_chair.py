@@ -11,12 +11,14 @@ import pytest
 
 from spark_vlm.metrics.chair import (ChairVocabulary, compute_chair, extract_objects,
                                      gt_objects_from_coco, singularize, tokenize)
+from spark_vlm.metrics.pattern_singular import pattern_singularize
 
 REPO = Path(__file__).resolve().parents[1]
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_EVALUATE_OFFLINE": "1"}
 os.environ.update(OFFLINE)  # before `evaluate` is imported: nothing may be downloaded
 
 COCO = ChairVocabulary.coco()
+REF = ChairVocabulary.coco(reference_exact=True)
 SHAPES = ChairVocabulary.from_synonyms({
     "circle": ["circle", "disc", "ball"], "square": ["square", "box", "block"],
     "cross": ["cross", "plus"], "ring": ["ring", "donut", "hoop"], "diamond": ["diamond", "rhombus"],
@@ -186,6 +188,86 @@ def test_compute_chair_errors():
     assert compute_chair([{"image_id": 1, "caption": "nothing"}], {1: set()}, COCO)["CHAIRi"] == 0.0
 
 
+# --- reference-exact mode (pattern.en 2.6's singularize, unstripped synonyms) -------------------
+# Each expected value is traced by hand through pattern 2.6's singularize (clips/pattern tag 2.6,
+# pattern/text/en/inflect.py): (1) a word that ends an "uninflected"/"uncountable" entry is returned
+# as is, (2) "<ie-word>s" is returned as is, (3) irregular plurals by suffix, (4) the first matching
+# rule of singular_rules.
+@pytest.mark.parametrize("word, expected", [
+    ("bus", "bu"),          # no list/irregular hit; "(bus)es$" needs "es"; last rule "s$" -> ""
+    ("buses", "bus"),       # "(bus)es$" -> "bus"
+    ("ties", "ty"),         # "^tie" in the -ie list is literal text; "([^aeiouy]|qu)ies$" -> "t" + "y"
+    ("canoes", "cano"),     # "(shoe)s$" no; "(o)es$" -> "o": "cano"
+    ("shoes", "shoe"),      # "(shoe)s$" comes first
+    ("glass", "glas"),      # "(x|ch|ss|sh)es$" needs "es"; "s$" -> "glas"
+    ("glasses", "glass"),   # "(x|ch|ss|sh)es$" -> "glass"
+    ("children", "children"),  # 2.6 has no "children" irregular and no rule matches
+    ("women", "woman"),     # irregular suffix "men" -> "man"
+    ("people", "person"),   # irregular
+    ("shelves", "shelve"),  # irregular "helves" -> "helve" matches as a suffix before the -ves rules
+    ("doggies", "doggies"),  # "doggie" + "s" in the -ie list: pattern returns the word itself
+    ("cookies", "cookies"),
+    ("mice", "mouse"),      # "([m|l])ice$" -> "mouse"
+    ("is", "is"),           # "chassis" ends with "is": left alone
+    ("a", "a"),             # "georgia" ends with "a"
+    ("carp", "carp"),       # the run-together "wildebeestcarp" still ends with "carp"
+    ("dogs", "dog"), ("knives", "knife"), ("benches", "bench"), ("sandwiches", "sandwich"),
+    ("mothers-in-law", "mother-in-law"),  # compound with a preposition: singularise the first part
+    ("dogs'", "dog's"),
+    ("your", "ymy"),        # irregular "our" -> "my" as a suffix
+])
+def test_pattern_singularize_hand_traced(word, expected):
+    assert pattern_singularize(word) == expected
+
+
+def test_reference_exact_extraction_quirks():
+    # "bus" -> "bu" is no object, "buses" -> "bus" is
+    assert extract_objects("a bus next to two buses.", REF) == [("bus", "bus")]
+    assert extract_objects("a bus next to two buses.", COCO) == [("bus", "bus"), ("bus", "bus")]
+    # "bow ties" -> "bow ty": no "bow tie" merge, and "bow" alone is a tie synonym
+    assert extract_objects("bow ties", REF) == [("bow", "tie")]
+    assert extract_objects("bow ties", COCO) == [("tie", "tie")]
+    # " motor bike" and " cheesecake" keep their leading space in the reference's list: never matched
+    assert extract_objects("a motor bike and a cheesecake", REF) == []
+    assert extract_objects("a motor bike and a cheesecake", COCO) == [("motor bike", "motorcycle"),
+                                                                      ("cheesecake", "cake")]
+
+
+# Three images; image 3 has no instance annotation, its objects come from its reference caption only.
+BUS_TIES_CANOES = {
+    "instances": {"images": [{"id": 1}, {"id": 2}, {"id": 3}],
+                  "categories": [{"id": 6, "name": "bus"}, {"id": 1, "name": "person"}],
+                  "annotations": [{"image_id": 1, "category_id": 6}, {"image_id": 2, "category_id": 1}]},
+    "captions": {"images": [{"id": 1}, {"id": 2}, {"id": 3}],
+                 "annotations": [{"image_id": 1, "caption": "A bus on a street."},
+                                 {"image_id": 2, "caption": "A man standing outside."},
+                                 {"image_id": 3, "caption": "Canoes on a lake."}]},
+    "results": [{"image_id": 1, "caption": "a bus next to two buses."},
+                {"image_id": 2, "caption": "a man with two ties and a tie."},
+                {"image_id": 3, "caption": "three canoes and a canoe by a dog on the water."}],
+}
+
+
+def test_reference_exact_fixture_bus_ties_canoes():
+    """Hand-derived with the reference's caption_to_words (pattern singularize per token):
+
+    ground truth: 1 {bus} (instances; its caption's "bus" -> "bu" adds nothing), 2 {person}, 3 {} ("Canoes" ->
+    "cano", no object; the default reads "canoe" -> boat, so 3 is {boat} there).
+    reference: 1 "bus"->bu, "buses"->bus: 1 mention, 0 hallucinated; 2 man (person), "ties"->ty, tie: 2 mentions,
+    tie hallucinated; 3 "canoes"->cano, canoe (boat, absent), dog: 2 mentions, 2 hallucinated.
+    -> CHAIRi = 3/5 = 60.0, CHAIRs = 2/3.
+    default: 1 bus, bus: 2, 0; 2 man, tie, tie: 3, 2; 3 canoe, canoe (boat, present), dog: 3, 1 -> CHAIRi 3/8.
+    """
+    data = BUS_TIES_CANOES
+    ref = compute_chair(data["results"], gt_objects_from_coco(data["instances"], data["captions"], REF), REF)
+    assert ref["num_mentions"] == 5 and ref["num_hallucinated_mentions"] == 3
+    assert ref["CHAIRi"] == pytest.approx(60.0) and ref["CHAIRs"] == pytest.approx(200 / 3)
+    assert [c["hallucinated"] for c in ref["per_caption"]] == [[], [["tie", "tie"]], [["canoe", "boat"], ["dog", "dog"]]]
+    fixed = compute_chair(data["results"], gt_objects_from_coco(data["instances"], data["captions"], COCO), COCO)
+    assert fixed["num_mentions"] == 8 and fixed["CHAIRi"] == pytest.approx(37.5)
+    assert fixed["CHAIRs"] == pytest.approx(200 / 3)
+
+
 INSTANCES = {"images": [{"id": 1}, {"id": 2}, {"id": 3}],
              "categories": [{"id": 18, "name": "dog"}, {"id": 62, "name": "chair"}],
              "annotations": [{"image_id": 1, "category_id": 18}, {"image_id": 3, "category_id": 62}]}
@@ -220,6 +302,16 @@ def test_chair_evaluate_module_loads_offline_and_matches_library():
     shapes = chair.compute(predictions=["Two boxes, a ball and three crosses."], references=[["square", "circle"]],
                            synonyms=SHAPES.synonyms)
     assert shapes["CHAIRi"] == pytest.approx(100 / 3)
+    # reference captions add the objects they name, as in the reference; reference_exact changes the singulariser
+    data = BUS_TIES_CANOES
+    preds = [r["caption"] for r in data["results"]]
+    objects = [["bus"], ["person"], []]
+    captions = [[a["caption"]] for a in data["captions"]["annotations"]]
+    assert chair.compute(predictions=preds, references=objects, reference_captions=captions,
+                         reference_exact=True)["CHAIRi"] == pytest.approx(60.0)
+    assert chair.compute(predictions=preds, references=objects, reference_captions=captions)["CHAIRi"] == pytest.approx(37.5)
+    # without the captions image 3's canoes are hallucinated too: 5 of 8
+    assert chair.compute(predictions=preds, references=objects)["CHAIRi"] == pytest.approx(62.5)
 
 
 def _run_cli(tmp_path, *extra):
@@ -253,3 +345,20 @@ def test_cli_custom_synonyms_and_bad_json(tmp_path):
     (tmp_path / "synonyms.json").write_text("{not json")
     proc = _run_cli(tmp_path, "--synonyms", str(tmp_path / "synonyms.json"))
     assert proc.returncode != 0 and "synonyms.json" in proc.stderr and "not valid JSON" in proc.stderr
+
+
+def test_cli_reference_exact(tmp_path):
+    for name in ("instances", "captions", "results"):
+        (tmp_path / f"{name}.json").write_text(json.dumps(BUS_TIES_CANOES[name]))
+    cmd = [sys.executable, str(REPO / "eval" / "hallucination.py"), "--results", str(tmp_path / "results.json"),
+           "--captions", str(tmp_path / "captions.json"), "--instances", str(tmp_path / "instances.json"),
+           "--out", str(tmp_path / "chair.json"), "--reference-exact"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **OFFLINE}, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads((tmp_path / "chair.json").read_text())
+    assert out["CHAIRi"] == pytest.approx(60.0) and out["mode"] == "reference-exact"
+    (tmp_path / "synonyms.json").write_text(json.dumps({"dog": ["dog"]}))
+    proc = subprocess.run(cmd + ["--synonyms", str(tmp_path / "synonyms.json")], capture_output=True, text=True,
+                          env={**os.environ, **OFFLINE}, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: --reference-exact reproduces the reference's COCO vocabulary; it cannot be combined with --synonyms"]

@@ -442,3 +442,22 @@ def test_voc_segmentation_masks_keep_indices_and_ignore(tmp_path):
     assert np.array_equal(load_voc_mask(rgb_path), masks["2007_000033"])
     with pytest.raises(BadSample, match="missing file"):
         load_voc_mask(tmp_path / "nope.png")
+
+
+def test_coco_readers_name_the_bad_entry(tmp_path):
+    path = tmp_path / "bad.json"
+    cases = [({"images": [{"id": 1}]}, r"bad.json: images\[0\] has no 'file_name'"),
+             ({"images": [{"id": [1], "file_name": "a.png"}]}, r"images\[0\].id is \[1\]; expected an integer id"),
+             ({"images": [], "annotations": [7]}, r"annotations\[0\] must be a JSON object, not int"),
+             ([], "must be a COCO JSON object with a 'images' list")]
+    for doc, message in cases:
+        path.write_text(json.dumps(doc))
+        with pytest.raises(ValueError, match=message):
+            read_coco_captions(path, tmp_path)
+    path.write_text(json.dumps({"images": [{"id": 1}], "categories": [{"id": 1, "name": "dog"}],
+                                "annotations": [{"image_id": 1, "category_id": 9}]}))
+    with pytest.raises(ValueError, match=r"annotations\[0\] has unknown category_id 9"):
+        read_coco_instances(path)
+    path.write_bytes(b'{"images": "\xe9"}')
+    with pytest.raises(ValueError, match="bad.json is not UTF-8 text"):
+        read_coco_captions(path, tmp_path)

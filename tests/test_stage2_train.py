@@ -126,6 +126,21 @@ def test_plain_run_then_caption_from_the_run_dir(tmp_path, stage1_dir):
     captions = caption_images(model, prompts, images, batch_size=2, max_new_tokens=5, progress=False)
     assert len(captions) == 3 and all(isinstance(c, str) for c in captions)
 
+    # POPE on the run, both answer modes; batching (right padding) must not change a likelihood answer
+    from spark_vlm.data.coco_export import export_coco
+    from spark_vlm.data.scenes import SceneConfig
+    from spark_vlm.evaluation.pope import pope_report
+
+    paths = export_coco(str(tmp_path / "coco"), "test", 12, SceneConfig(image_size=32))  # 5 with >= 3 shapes
+    kwargs = dict(settings=["random", "adversarial"], num_images=3, shots=2)
+    results = {(answer, batch): pope_report(out, paths["images"], paths["instances"], answer=answer, batch_size=batch,
+                                            **kwargs).result for answer, batch in
+               [("likelihood", 1), ("likelihood", 4), ("generate", 4)]}
+    assert results["likelihood", 1] == results["likelihood", 4]
+    for result in results.values():
+        for scores in result["settings"].values():
+            assert scores["num_images"] == 3 and scores["n"] == 18 and 0 <= scores["yes_ratio"] <= 100
+
 
 @pytest.mark.parametrize("zero", [2, 3])
 def test_deepspeed_zero_runs_and_resumes_exactly_on_cpu(tmp_path, stage1_dir, zero):

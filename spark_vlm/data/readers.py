@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .coco_json import coco_entries
 from .images import NO_CAPTION, BadSample, SkipCounter, clean_captions, handle_bad, load_image
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,23 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".
 
 
 def _read_json(path):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    """A JSON file's content; malformed JSON or non-UTF-8 text raises ValueError naming the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text: {e.reason} at byte {e.start}") from e
+
+
+def _int_id(value, where: str) -> int:
+    """COCO ids here are integers (or strings of digits, as some exports write them)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    raise ValueError(f"{where} is {value!r}; expected an integer id")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -55,12 +71,14 @@ def read_coco_captions(annotations_json, image_dir) -> list[dict]:
     listed without any caption get captions=[] (load_pairs skips them as "no caption").
     """
     data = _read_json(annotations_json)
+    images = coco_entries(data, "images", str(annotations_json), strings=("file_name",), others=("id",))
     captions = defaultdict(list)
-    for ann in data.get("annotations", []):             # image_info_test*.json has no annotations
-        captions[int(ann["image_id"])].append(ann.get("caption"))
+    if "annotations" in data:                            # image_info_test*.json has none
+        for i, ann in enumerate(coco_entries(data, "annotations", str(annotations_json), others=("image_id",))):
+            captions[_int_id(ann["image_id"], f"{annotations_json}: annotations[{i}].image_id")].append(ann.get("caption"))
     records = []
-    for img in data["images"]:
-        image_id = int(img["id"])
+    for i, img in enumerate(images):
+        image_id = _int_id(img["id"], f"{annotations_json}: images[{i}].id")
         records.append({"image_id": image_id, "path": os.path.join(image_dir, img["file_name"]),
                         "captions": captions.pop(image_id, [])})
     if captions:
@@ -73,15 +91,20 @@ def read_coco_instances(instances_json) -> tuple[dict[int, list[dict]], list[dic
     """COCO instances -> ({image_id: [{category, category_id, bbox, segmentation, area, iscrowd}]},
     categories). Every image in images[] has an entry, possibly empty. bbox is COCO's [x, y, w, h];
     segmentation is passed through as stored (polygons or RLE)."""
-    data = _read_json(instances_json)
-    names = {c["id"]: c["name"] for c in data["categories"]}
-    objects = {int(img["id"]): [] for img in data.get("images", [])}
-    for ann in data.get("annotations", []):
-        objects.setdefault(int(ann["image_id"]), []).append({
+    data, where = _read_json(instances_json), str(instances_json)
+    categories = coco_entries(data, "categories", where, ids=("id",), strings=("name",))
+    names = {c["id"]: c["name"] for c in categories}
+    images = coco_entries(data, "images", where, others=("id",)) if "images" in data else []
+    objects = {_int_id(img["id"], f"{where}: images[{i}].id"): [] for i, img in enumerate(images)}
+    annotations = coco_entries(data, "annotations", where, others=("image_id", "category_id")) if "annotations" in data else []
+    for i, ann in enumerate(annotations):
+        if ann["category_id"] not in names:
+            raise ValueError(f"{where}: annotations[{i}] has unknown category_id {ann['category_id']!r}")
+        objects.setdefault(_int_id(ann["image_id"], f"{where}: annotations[{i}].image_id"), []).append({
             "category": names[ann["category_id"]], "category_id": ann["category_id"],
             "bbox": ann.get("bbox"), "segmentation": ann.get("segmentation"),
             "area": ann.get("area"), "iscrowd": ann.get("iscrowd", 0)})
-    return objects, data["categories"]
+    return objects, categories
 
 
 # ---------------------------------------------------------------------------------------------------

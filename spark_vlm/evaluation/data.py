@@ -53,6 +53,10 @@ def load_caption_data(source: CaptionData, image_size: int) -> tuple[np.ndarray,
         counter = SkipCounter(what="images")
         images, captions, ids = load_pairs(records, image_size, strict=source.strict, counter=counter)
         description = source.annotations or f"{source.karpathy} ({source.split})"
+        if len(ids) == 0:
+            reasons = ", ".join(f"{n} {r}" for r, n in sorted(counter.counts.items())) or "none listed"
+            raise ValueError(f"{description}: no usable image with a caption in {source.image_dir} "
+                             f"({len(records)} listed; skipped: {reasons})")
         return images, captions, ids, {"data": description, "skipped": skip_summary(counter)}, None
     scenes = builtin_scenes("test", source.num_images, image_size)
     return (scene_images(scenes, image_size), [s["captions"] for s in scenes], [s["image_id"] for s in scenes],

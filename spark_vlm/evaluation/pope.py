@@ -1,16 +1,20 @@
 """POPE-style probing of a stage-2 captioner: "Is there a {object} in the image?" answered in open_flamingo's
-few-shot style, the answer being whichever of " yes" / " no" the model finds more likely next. The questions and
-their scores (random / popular / adversarial negatives) come from spark_vlm/metrics/pope.py.
+few-shot style. The questions come either from a COCO instances file (sampled as the reference does, see
+spark_vlm/metrics/pope.py) or from the official POPE question files (jsonl, one {"image", "text", "label"} a line).
 
-Each query gets `shots` interleaved examples from *other* images first (half answered yes, half no, drawn by
-seed from the ground truth), then the query image:
+Each query gets `shots` interleaved examples from *other* images first (alternating yes, no), drawn by seed from the
+same question list (whose labels are the ground truth), then the query image:
   <image>Question: Is there a star in the image? Answer: yes<|endofchunk|><image>Question: ... Answer: no
   <|endofchunk|><image>Question: Is there a ring in the image? Answer:
+The answer is whichever of " yes" / " no" the model finds more likely next (`answer="likelihood"`), or a greedy
+continuation read with the reference's rule (`answer="generate"`, metrics/pope.py:parse_yes_no).
 A captioner trained on captions alone has never seen this format; near-chance scores are an honest outcome.
 """
 from __future__ import annotations
 
+import json
 import random
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +24,14 @@ from tqdm.auto import tqdm
 from ..data.images import SkipCounter, to_pixel_values
 from ..data.padding import right_pad
 from ..data.prompts import END_OF_CHUNK, IMAGE_TOKEN
-from ..data.readers import load_pairs, read_coco_instances
-from ..data.text import object_question, question_answer
-from ..metrics.pope import SETTINGS, pope_scores, sample_pope_questions
+from ..data.readers import load_pairs
+from ..data.text import question_answer
+from ..data.coco_json import coco_entries
+from ..metrics.pope import SETTINGS, parse_yes_no, pope_scores, sample_pope_questions, select_pope_images
 from .captioner import load_captioner
 from .report import Report, read_json, skip_summary
+
+ANSWER_MODES = ("likelihood", "generate")
 
 
 def qa_text(question: str, answer: str | None) -> str:
@@ -33,83 +40,143 @@ def qa_text(question: str, answer: str | None) -> str:
     return text if answer is None else text + END_OF_CHUNK
 
 
-def choose_shots(questions: list[dict], gt_objects: dict, all_categories: list[str], shots: int, seed: int):
-    """For each question, `shots` (image_id, question, answer) examples from other images, alternating yes/no."""
+def instance_questions(instances: str, settings, num_images: int, seed: int) -> tuple[dict, dict]:
+    """({setting: questions}, {image_id: file_name}) from a COCO instances file (objects in annotation order)."""
+    coco = read_json(instances, "instances")
+    where = f"instances file {instances}"
+    images = coco_entries(coco, "images", where, ids=("id",), strings=("file_name",))
+    names = {c["id"]: c["name"] for c in coco_entries(coco, "categories", where, ids=("id",), strings=("name",))}
+    gt: dict = {}
+    for i, ann in enumerate(coco_entries(coco, "annotations", where, ids=("image_id", "category_id"))):
+        if ann["category_id"] not in names:
+            raise ValueError(f"instances file {instances}: annotations[{i}] has unknown category_id "
+                             f"{ann['category_id']!r}")
+        gt.setdefault(ann["image_id"], []).append(names[ann["category_id"]])
+    files = {im["id"]: im["file_name"] for im in images}
+    gt = {i: objects for i, objects in gt.items() if i in files}
+    drawn = select_pope_images(gt, num_images, seed=seed)
+    return {s: sample_pope_questions(drawn, s, seed=seed) for s in settings}, {i: files[i] for i in drawn}
+
+
+def read_pope_questions(path) -> list[dict]:
+    """An official POPE question file (jsonl, one {"question_id", "image", "text" (or "question"), "label"} a line)
+    -> [{"image_id": the image file name, "question", "label"}]."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise ValueError(f"cannot read POPE question file {path}: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise ValueError(f"POPE question file {path} is not UTF-8 text: {e.reason} at byte {e.start}") from e
+    questions = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"POPE question file {path} line {n} is not valid JSON: {e}") from e
+        text = entry.get("text", entry.get("question")) if isinstance(entry, dict) else None
+        if not isinstance(text, str) or not isinstance(entry.get("image"), str) or not entry["image"]:
+            raise ValueError(f"POPE question file {path} line {n} needs a string 'image' and 'text' (or 'question')")
+        if entry.get("label") not in ("yes", "no"):
+            raise ValueError(f"POPE question file {path} line {n} has label {entry.get('label')!r}; "
+                             "expected 'yes' or 'no'")
+        questions.append({"image_id": entry["image"], "question": text, "label": entry["label"]})
+    if not questions:
+        raise ValueError(f"POPE question file {path} holds no questions")
+    return questions
+
+
+def choose_shots(questions: list[dict], shots: int, seed: int) -> list[list[tuple]]:
+    """For each question, `shots` (image_id, question, answer) examples from the other questions' images,
+    alternating yes/no. Raises (never loops) when no other image has a question with the needed answer."""
+    if shots < 0:
+        raise ValueError(f"--shots must be >= 0, got {shots}")
     rng = random.Random(seed)
-    ids = sorted(gt_objects)
+    pools = {label: [q for q in questions if q["label"] == label] for label in ("yes", "no")}
+    per_image = Counter((q["image_id"], q["label"]) for q in questions)
     chosen = []
     for q in questions:
         examples = []
-        while len(examples) < shots:
-            other = rng.choice(ids)
-            if other == q["image_id"] or not gt_objects[other]:
-                continue
-            want_yes = len(examples) % 2 == 0
-            pool = sorted(gt_objects[other]) if want_yes else sorted(set(all_categories) - gt_objects[other])
-            if not pool:
-                continue
-            obj = rng.choice(pool)
-            examples.append((other, object_question(obj), "yes" if want_yes else "no"))
+        for k in range(shots):
+            label = ("yes", "no")[k % 2]
+            if len(pools[label]) == per_image[q["image_id"], label]:
+                raise ValueError(f"cannot draw {shots} few-shot examples for image {q['image_id']!r}: no other image "
+                                 f"has a {label!r} question (use --shots 0 or more images)")
+            while (example := rng.choice(pools[label]))["image_id"] == q["image_id"]:
+                pass  # terminates: another image has one (checked above)
+            examples.append((example["image_id"], example["question"], label))
         chosen.append(examples)
     return chosen
 
 
-@torch.no_grad()
-def answer_pope(model, tokenizer, questions: list[dict], shots: list[list[tuple]], images: dict[int, np.ndarray],
-                batch_size: int = 8) -> list[str]:
-    """"yes"/"no" for each question: the more likely of the two answer tokens after the query's "Answer:"."""
-    yes_id = tokenizer(" yes", add_special_tokens=False)["input_ids"][0]
-    no_id = tokenizer(" no", add_special_tokens=False)["input_ids"][0]
+def _batches(model, tokenizer, questions, shots, images, batch_size):
+    """(token rows, pixel values [B, shots + 1, 3, S, S]) per batch of few-shot prompts."""
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    answers = []
+    limit = getattr(model.lm.config, "n_positions", None) or getattr(model.lm.config, "max_position_embeddings", None)
     for start in tqdm(range(0, len(questions), batch_size), desc="POPE"):
         batch_q, batch_s = questions[start:start + batch_size], shots[start:start + batch_size]
         texts = ["".join(qa_text(q, a) for _, q, a in s) + qa_text(q["question"], None) for q, s in zip(batch_q, batch_s)]
         rows = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
         length = max(len(r) for r in rows)
-        limit = getattr(model.lm.config, "n_positions", None) or getattr(model.lm.config, "max_position_embeddings", None)
         if limit and length > limit:
             raise ValueError(f"a few-shot POPE prompt is {length} tokens but the LM's context is {limit}; use fewer --shots")
-        ids, mask = right_pad(rows, pad)
-        mask = mask.long()
         pix = np.stack([np.stack([images[i] for i, _, _ in s] + [images[q["image_id"]]]) for q, s in zip(batch_q, batch_s)])
-        px = to_pixel_values(torch.from_numpy(pix).flatten(0, 1), dtype).unflatten(0, pix.shape[:2]).to(device)
-        logits = model(px, ids.to(device), mask.to(device)).logits
-        last = logits[torch.arange(len(rows)), mask.sum(1) - 1]
-        answers.extend("yes" if y > n else "no" for y, n in zip(last[:, yes_id].tolist(), last[:, no_id].tolist()))
+        yield rows, to_pixel_values(torch.from_numpy(pix).flatten(0, 1), dtype).unflatten(0, pix.shape[:2]).to(device)
+
+
+@torch.no_grad()
+def answer_pope(model, prompts, questions: list[dict], shots: list[list[tuple]], images: dict, batch_size: int = 8,
+                answer: str = "likelihood") -> list[str]:
+    """"yes"/"no" for each question: the more likely answer token after "Answer:", or a parsed greedy answer."""
+    if answer not in ANSWER_MODES:
+        raise ValueError(f"unknown POPE answer mode {answer!r}; choose from {list(ANSWER_MODES)}")
+    tokenizer = prompts.tokenizer
+    yes_id = tokenizer(" yes", add_special_tokens=False)["input_ids"][0]
+    no_id = tokenizer(" no", add_special_tokens=False)["input_ids"][0]
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    answers = []
+    for rows, px in _batches(model, tokenizer, questions, shots, images, batch_size):
+        if answer == "likelihood":
+            ids, mask = right_pad(rows, pad)
+            logits = model(px, ids.to(device), mask.long().to(device)).logits
+            last = logits[torch.arange(len(rows)), mask.sum(1) - 1]
+            answers.extend("yes" if y > n else "no" for y, n in zip(last[:, yes_id].tolist(), last[:, no_id].tolist()))
+        else:  # generation wants left padding: pad the reversed rows on the right, then flip
+            ids, mask = right_pad([r[::-1] for r in rows], pad)
+            new = model.generate(px, ids.flip(1).to(device), mask.flip(1).long().to(device), max_new_tokens=8)
+            answers.extend(parse_yes_no(prompts.decode(row).strip()) for row in new.tolist())
     return answers
 
 
-def pope_report(checkpoint, instances: str, image_dir: str, settings=SETTINGS, num_images: int = 100,
-                shots: int = 2, seed: int = 0, batch_size: int = 8) -> Report:
-    """Accuracy, precision, recall, F1 and yes-ratio (percent) per setting, asking about the first `num_images`
-    images (with enough objects) of a COCO instances file; ground truth = the instance annotations' categories."""
-    coco = read_json(instances, "instances")
-    try:
-        per_image, categories = read_coco_instances(instances)
-        coco_images = coco["images"]
-    except (KeyError, TypeError) as e:
-        raise ValueError(f"cannot read instances file {instances}: {e}") from e
-    names = sorted(c["name"] for c in categories)
-    gt = {im["id"]: {a["category"] for a in per_image.get(im["id"], [])} for im in coco_images}
+def pope_report(checkpoint, image_dir: str, instances: str | None = None, question_files=(), settings=SETTINGS,
+                num_images: int = 500, shots: int = 2, seed: int = 0, batch_size: int = 8,
+                answer: str = "likelihood") -> Report:
+    """Accuracy, precision, recall, F1 and yes-ratio (percent) per setting (or per question file)."""
+    if bool(instances) == bool(question_files):
+        raise ValueError("give either --instances (questions sampled as POPE does) or --questions (POPE's files)")
+    if not Path(image_dir).is_dir():
+        raise ValueError(f"--image-dir {image_dir} is not a directory")
+    if instances:
+        by_setting, files = instance_questions(instances, settings, num_images, seed)
+    else:
+        by_setting = {Path(f).stem: read_pope_questions(f) for f in question_files}
+        files = {q["image_id"]: q["image_id"] for qs in by_setting.values() for q in qs}
     model, prompts = load_captioner(checkpoint)
-    records = [{"image_id": im["id"], "path": str(Path(image_dir) / im["file_name"]), "captions": ["-"]}
-               for im in coco_images]
+    records = [{"image_id": i, "path": str(Path(image_dir) / f), "captions": ["-"]} for i, f in files.items()]
     counter = SkipCounter(what="images")
-    images, _, ids = load_pairs(records, model.vision.config.image_size, counter=counter)
+    images, _, ids = load_pairs(records, model.vision.config.image_size, counter=counter)  # only the asked images
     by_id = dict(zip(ids, images))
-    gt = {i: gt[i] for i in ids}
-
-    result = {"num_images_asked": None, "shots": shots, "settings": {}}
-    for setting in settings:
-        questions = sample_pope_questions(gt, names, setting, seed=seed)
-        asked = sorted({q["image_id"] for q in questions})[:num_images]
-        questions = [q for q in questions if q["image_id"] in set(asked)]
-        examples = choose_shots(questions, gt, names, shots, seed)
-        answers = answer_pope(model, prompts.tokenizer, questions, examples, by_id, batch_size)
-        result["settings"][setting] = pope_scores(questions, answers)
-        result["num_images_asked"] = len(asked)
+    result = {"source": instances or list(question_files), "answer": answer, "shots": shots, "settings": {}}
+    for setting, questions in by_setting.items():
+        questions = [q for q in questions if q["image_id"] in by_id]
+        if not questions:
+            raise ValueError(f"POPE {setting}: none of the images asked about could be read from {image_dir}")
+        examples = choose_shots(questions, shots, seed)
+        answers = answer_pope(model, prompts, questions, examples, by_id, batch_size, answer)
+        scores = pope_scores(questions, answers)
+        result["settings"][setting] = {**scores, "num_images": len({q["image_id"] for q in questions})}
     result["skipped"] = skip_summary(counter)
     rows = [{"setting": setting, **scores} for setting, scores in result["settings"].items()]
-    return Report("POPE", result, rows)
+    return Report(f"POPE ({answer}; chance: accuracy 50, yes-ratio 50 on balanced questions)", result, rows)

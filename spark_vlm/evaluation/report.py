@@ -32,6 +32,8 @@ def read_json(path, what: str):
         raise ValueError(f"cannot read {what} file {path}: {e.strerror}") from e
     except json.JSONDecodeError as e:
         raise ValueError(f"{what} file {path} is not valid JSON: {e}") from e
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{what} file {path} is not UTF-8 text: {e.reason} at byte {e.start}") from e
 
 
 def skip_summary(counter: SkipCounter | None) -> dict:

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from typing import Any, Hashable, Iterable, Mapping, Sequence
 
+from ..data.coco_json import check_id
+
 # Scorer name -> the keys it reports, in COCOEvalCap's order.
 METRIC_KEYS: dict[str, tuple[str, ...]] = {
     "Bleu": ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4"),
@@ -56,7 +58,7 @@ def validate_results(results: Sequence[Mapping[str, Any]],
     for i, entry in enumerate(results):
         if not isinstance(entry, Mapping) or "image_id" not in entry or "caption" not in entry:
             raise ValueError(f"result #{i} must be a dict with 'image_id' and 'caption', got {entry!r}")
-        image_id, caption = entry["image_id"], entry["caption"]
+        image_id, caption = check_id(entry["image_id"], f"result #{i}'s image_id"), entry["caption"]
         if not isinstance(caption, str) or not caption.strip():
             raise ValueError(f"result #{i} (image_id={image_id!r}) has an empty caption: {caption!r}")
         if image_id in seen:
@@ -167,5 +169,5 @@ def references_from_coco(captions_json: Mapping[str, Any]) -> dict[Hashable, lis
     for i, ann in enumerate(annotations):
         if not isinstance(ann, Mapping) or "image_id" not in ann or not isinstance(ann.get("caption"), str):
             raise ValueError(f"caption annotation #{i} must have 'image_id' and a string 'caption'")
-        references.setdefault(ann["image_id"], []).append(ann["caption"])
+        references.setdefault(check_id(ann["image_id"], f"caption annotation #{i}'s image_id"), []).append(ann["caption"])
     return references

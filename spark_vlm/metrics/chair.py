@@ -15,16 +15,20 @@ CHAIRi = % of all mentions (repeats count) that name an absent object, pooled ov
 "Absent" means: not among the image's ground-truth objects, which for COCO are the instance
 annotations plus every object mentioned in the image's reference captions.
 
-Known deviations from the reference (all on purpose, each is a bug fix there):
+The default deviates from the reference where the reference is wrong (each a bug fix there);
+``ChairVocabulary.coco(reference_exact=True)`` (``eval/hallucination.py --reference-exact``) undoes
+the first and third, so that the reference's published numbers can be reproduced:
 * The reference singularises with ``pattern.en.singularize``; we use the small rule-based
   ``singularize`` below, which is right for every vocabulary word. pattern gets a few wrong and
   the reference inherits it: "bus" -> "bu" (so a singular bus is never counted), "ties" -> "ty",
   "glass" -> "glas" (the reference's "wine glas" rule patches only that one).
-* Tokenisation is a regular expression instead of ``nltk.word_tokenize``; both split off
-  punctuation and "'s"/"n't" and keep hyphenated words whole, which is all that matters here.
+* Tokenisation is a regular expression instead of ``nltk.word_tokenize`` (also in the
+  reference-exact mode: nltk and its punkt data are not installed); both split off punctuation
+  and "'s"/"n't" and keep hyphenated words whole, which is all that matters here.
 * Two synonyms in the reference list carry a leading space (" motor bike", " cheesecake") and can
   never match there; we strip them, so "motor bike" counts as a motorcycle and "cheesecake" as
   a cake. The data file itself is kept byte-identical to the reference list.
+* With no mention in any caption CHAIRi is 0 (the reference divides by zero), in both modes.
 * Kept as in the reference: "iPhone" is never matched (captions are lower-cased, the synonym is
   not) and the three-word "stove top oven" is seen as "stove", "top", "oven" (two oven mentions).
 """
@@ -34,7 +38,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Hashable, Mapping, Sequence
+from typing import Any, Callable, Hashable, Mapping, Sequence
+
+from ..data.coco_json import check_id, coco_entries
+from .pattern_singular import pattern_singularize
 
 COCO_SYNONYMS_PATH = Path(__file__).parent / "data" / "coco_synonyms.txt"
 
@@ -151,11 +158,13 @@ class ChairVocabulary:
     synonyms: category -> its words (category name first), as in the reference synonyms list.
     double_words: two-word phrase (after singularisation) -> the word it stands for.
     drop_rules: (trigger, word) pairs: when ``trigger`` is in a caption, every ``word`` is dropped.
+    singularizer: applied to every caption token (``pattern_singularize`` in the reference-exact mode).
     """
 
     synonyms: dict[str, list[str]]
     double_words: dict[str, str] = field(default_factory=dict)
     drop_rules: tuple[tuple[str, str], ...] = ()
+    singularizer: Callable[[str], str] = singularize
     word_to_category: dict[str, str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -173,20 +182,25 @@ class ChairVocabulary:
         """Category for a category name or synonym (e.g. an instance-annotation class name)."""
         name = name.strip().lower()
         return self.word_to_category.get(name) or self.word_to_category.get(
-            " ".join(singularize(w) for w in name.split()))
+            " ".join(self.singularizer(w) for w in name.split()))
 
     @classmethod
-    def coco(cls, path: str | Path = COCO_SYNONYMS_PATH) -> "ChairVocabulary":
+    def coco(cls, path: str | Path = COCO_SYNONYMS_PATH, reference_exact: bool = False) -> "ChairVocabulary":
         """The 80 COCO categories with the reference's synonyms and two-word rules.
 
         The file has one category per line, ``name, synonym, synonym, ...``, exactly like the
         reference's data/synonyms.txt. Each entry is stripped: the reference splits on ", " and
         keeps the leading space of " motor bike" and " cheesecake", which then never match.
+        ``reference_exact`` keeps those spaces and singularises with pattern.en's rules, as the
+        reference does.
         """
         synonyms: dict[str, list[str]] = {}
         for line in Path(path).read_text(encoding="utf-8").splitlines():
-            words = [w.strip() for w in line.strip().split(", ") if w.strip()]
-            if words:
+            if reference_exact:
+                words = line.strip().split(", ")
+            else:
+                words = [w.strip() for w in line.strip().split(", ") if w.strip()]
+            if words and words[0]:
                 synonyms[words[0]] = words
         double_words = {d: d for d in COCO_DOUBLE_WORDS}
         for animal in COCO_ANIMAL_WORDS:
@@ -197,7 +211,8 @@ class ChairVocabulary:
         double_words["bow tie"] = "tie"
         double_words["toilet seat"] = "toilet"
         double_words["wine glas"] = "wine glass"  # kept from the reference; pattern's "glas"
-        return cls(synonyms, double_words, drop_rules=(("toilet", "seat"),))
+        return cls(synonyms, double_words, drop_rules=(("toilet", "seat"),),
+                   singularizer=pattern_singularize if reference_exact else singularize)
 
     @classmethod
     def from_synonyms(cls, synonyms: Mapping[str, Sequence[str]]) -> "ChairVocabulary":
@@ -211,8 +226,8 @@ class ChairVocabulary:
         table: dict[str, list[str]] = {}
         double_words: dict[str, str] = {}
         for category, words in synonyms.items():
-            if isinstance(words, str):
-                raise ValueError(f"synonyms of {category!r} must be a list of words, not a string")
+            if not isinstance(words, list) or not all(isinstance(w, str) and w.strip() for w in words):
+                raise ValueError(f"synonyms of {category!r} must be a list of words, got {words!r}")
             entries: list[str] = []
             for raw in [category, *words]:
                 phrase = " ".join(str(raw).lower().split())
@@ -234,7 +249,7 @@ def extract_objects(caption: str, vocab: ChairVocabulary) -> list[tuple[str, str
 
     ``word`` is the matched (singularised, two-word-merged) synonym, e.g. ("kitten", "cat").
     """
-    words = [singularize(w) for w in tokenize(caption)]
+    words = [vocab.singularizer(w) for w in tokenize(caption)]
     merged: list[str] = []
     i = 0
     while i < len(words):  # greedy left-to-right pairs, as in the reference
@@ -279,7 +294,7 @@ def compute_chair(results: Sequence[Mapping[str, Any]],
     for i, entry in enumerate(results):
         if not isinstance(entry, Mapping) or "image_id" not in entry or not isinstance(entry.get("caption"), str):
             raise ValueError(f"result #{i} must be a dict with 'image_id' and a string 'caption'")
-        image_id, caption = entry["image_id"], entry["caption"]
+        image_id, caption = check_id(entry["image_id"], f"result #{i}'s image_id"), entry["caption"]
         if image_id not in gt_objects:
             raise ValueError(f"result #{i} has image_id {image_id!r}, which has no ground-truth objects entry")
         present = gt_objects[image_id]
@@ -312,36 +327,37 @@ def compute_chair(results: Sequence[Mapping[str, Any]],
 
 def gt_objects_from_coco(instances_json: Mapping[str, Any] | None,
                          captions_json: Mapping[str, Any],
-                         vocab: ChairVocabulary) -> dict[Hashable, set[str]]:
+                         vocab: ChairVocabulary,
+                         instances_name: str = "instances", captions_name: str = "captions") -> dict[Hashable, set[str]]:
     """Ground-truth objects per image: instance annotations ∪ objects in the reference captions.
 
     ``instances_json`` (COCO instances format, optional) contributes each annotation's category,
     mapped through ``vocab``; ``captions_json`` (COCO captions format) contributes every object
     mentioned in an image's reference captions. Every image listed in either file gets an entry.
+    A malformed entry raises ValueError naming the file (``*_name``), the entry and what is wrong.
     """
-    if not isinstance(captions_json, Mapping) or not isinstance(captions_json.get("annotations"), list):
-        raise ValueError("captions must be a COCO captions dict with an 'annotations' list")
+    captions = coco_entries(captions_json, "annotations", captions_name, ids=("image_id",), strings=("caption",))
     objects: dict[Hashable, set[str]] = {}
-    for source in (instances_json, captions_json):
-        for image in (source or {}).get("images", []):
-            objects.setdefault(image["id"], set())
+    for name, source in ((instances_name, instances_json), (captions_name, captions_json)):
+        if source is not None and "images" in source:
+            for image in coco_entries(source, "images", name, ids=("id",)):
+                objects.setdefault(image["id"], set())
 
     if instances_json is not None:
-        if not isinstance(instances_json.get("annotations"), list) or not isinstance(
-                instances_json.get("categories"), list):
-            raise ValueError("instances must be a COCO instances dict with 'annotations' and 'categories'")
         id_to_category = {}
-        for cat in instances_json["categories"]:
+        for cat in coco_entries(instances_json, "categories", instances_name, ids=("id",), strings=("name",)):
             category = vocab.category_of(cat["name"])
             if category is None:
-                raise ValueError(f"instance category {cat['name']!r} is not in the CHAIR vocabulary")
+                raise ValueError(f"{instances_name}: category {cat['name']!r} is not in the CHAIR vocabulary")
             id_to_category[cat["id"]] = category
-        for ann in instances_json["annotations"]:
+        for i, ann in enumerate(coco_entries(instances_json, "annotations", instances_name,
+                                             ids=("image_id", "category_id"))):
             if ann["category_id"] not in id_to_category:
-                raise ValueError(f"instance annotation refers to unknown category_id {ann['category_id']!r}")
+                raise ValueError(f"{instances_name}: annotations[{i}] refers to unknown category_id "
+                                 f"{ann['category_id']!r}")
             objects.setdefault(ann["image_id"], set()).add(id_to_category[ann["category_id"]])
 
-    for ann in captions_json["annotations"]:
+    for ann in captions:
         found = objects.setdefault(ann["image_id"], set())
         found.update(category for _, category in extract_objects(ann["caption"], vocab))
     return objects

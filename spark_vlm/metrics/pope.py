@@ -1,99 +1,97 @@
 """POPE (Li et al., "Evaluating Object Hallucination in Large Vision-Language Models", EMNLP 2023):
 balanced yes/no questions "Is there a <object> in the image?" and their scores.
 
-Only the model-free parts live here: sampling the questions from ground-truth objects, turning a
-free-form answer into yes/no, and scoring. The three settings differ only in the negatives:
+Only the model-free parts live here: drawing the images, sampling the questions from their ground-truth objects,
+turning a free-form answer into yes/no, and scoring. As the reference (AoiDragon/POPE ``main.py``/``utils.py``):
 
-* random:      absent categories drawn uniformly at random;
-* popular:     the absent categories that are most frequent over the whole dataset;
-* adversarial: the absent categories that co-occur most often with the image's present objects.
+1. keep the images with at least ``num_pos`` (3) objects and draw ``num_images`` (500) of them;
+2. count object frequency and co-occurrence over the drawn images only; the objects that can be asked about
+   are those present in at least one drawn image;
+3. per image, its first ``num_pos`` objects (annotation order) are the positives, the same in all three settings;
+   each positive is followed by one negative, an object absent from the image and not asked yet:
+   * random:      drawn uniformly;
+   * popular:     the most frequent one;
+   * adversarial: the one co-occurring most often with *this* positive;
+   when popular / adversarial find none, a random one, as in the reference.
+   Ties keep first-seen order (the reference sorts dicts in insertion order, stably).
 
-Compared with the reference (AoiDragon/POPE ``utils.py``): positives are a seeded random sample of
-the present objects (the reference takes the first ones of an ordered list, which a set does not
-have), adversarial scores a candidate by its co-occurrence summed over all present objects (the
-reference walks the co-occurrence list of one positive at a time), ties are broken by dataset
-frequency then name, and everything is deterministic given ``seed``. As in the reference, images
-with fewer present objects than ``num_pos`` are skipped, and each image's questions alternate
-positive, negative, positive, ...
+Deviations: everything is seeded (the reference uses Python's global random); fewer eligible images than
+``num_images`` means all of them are used (the reference asserts); an image with no absent object left raises
+a ValueError (the reference loops forever); the question text has the right article (the reference's template
+``.replace("a", "an")`` also turns "image" into "imange").
 """
 
 from __future__ import annotations
 
 import random
 from collections import Counter
-from typing import Hashable, Iterable, Mapping, Sequence
+from typing import Hashable, Mapping, Sequence
 
 from ..data.text import object_question
 
 SETTINGS = ("random", "popular", "adversarial")
 
 
-def object_statistics(gt_objects: Mapping[Hashable, set[str]]) -> tuple[Counter, dict[str, Counter]]:
-    """(frequency, co-occurrence) over the dataset: images containing c / containing both a, b."""
+def select_pope_images(gt_objects: Mapping[Hashable, Sequence[str]], num_images: int = 500, num_pos: int = 3,
+                       seed: int = 0) -> dict[Hashable, list[str]]:
+    """``num_images`` images with at least ``num_pos`` distinct objects, drawn by ``seed`` (all if fewer), in the
+    drawn order: ``{image_id: [object, ...]}`` with each image's objects deduplicated in first-seen order."""
+    if num_images < 1 or num_pos < 1:
+        raise ValueError(f"num_images and num_pos must be >= 1, got {num_images} and {num_pos}")
+    unique = {image_id: list(dict.fromkeys(objects)) for image_id, objects in gt_objects.items()}
+    eligible = [image_id for image_id, objects in unique.items() if len(objects) >= num_pos]
+    if not eligible:
+        raise ValueError(f"no image has at least {num_pos} different objects to ask about")
+    chosen = random.Random(seed).sample(eligible, min(num_images, len(eligible)))
+    return {image_id: unique[image_id] for image_id in chosen}
+
+
+def object_statistics(images: Mapping[Hashable, Sequence[str]]) -> tuple[Counter, dict[str, Counter]]:
+    """(frequency, co-occurrence) over ``images``: images containing c / containing both a and b, in first-seen
+    order (the order ties are broken in)."""
     frequency: Counter = Counter()
     cooccurrence: dict[str, Counter] = {}
-    for present in gt_objects.values():
-        frequency.update(present)
-        for a in present:
+    for objects in images.values():
+        frequency.update(objects)
+        for a in objects:
             row = cooccurrence.setdefault(a, Counter())
-            row.update(b for b in present if b != a)
+            row.update(b for b in objects if b != a)
     return frequency, cooccurrence
 
 
-def sample_pope_questions(gt_objects: Mapping[Hashable, set[str]],
-                          all_categories: Iterable[str],
-                          setting: str = "random",
-                          num_pos: int = 3,
-                          num_neg: int = 3,
+def sample_pope_questions(images: Mapping[Hashable, Sequence[str]], setting: str = "random", num_pos: int = 3,
                           seed: int = 0) -> list[dict]:
-    """Sample POPE questions; returns ``[{"image_id", "object", "label", "question"}]``.
+    """``[{"image_id", "object", "label", "question"}]``: per image positive, negative, positive, ... (see above).
 
-    Args:
-        gt_objects: ``{image_id: {category, ...}}`` objects present in each image. Dataset-wide
-            frequency and co-occurrence (for popular / adversarial) are computed from it.
-        all_categories: every category that may be asked about (negatives come from these).
-        setting: "random", "popular" or "adversarial".
-        num_pos / num_neg: "yes" / "no" questions per image. Images with fewer than ``num_pos``
-            present objects or fewer than ``num_neg`` absent categories are skipped.
-        seed: same inputs and seed give the same questions.
+    ``images``: ``select_pope_images``'s output (every image has at least ``num_pos`` objects).
     """
     if setting not in SETTINGS:
         raise ValueError(f"unknown POPE setting {setting!r}; choose from {list(SETTINGS)}")
-    if num_pos < 0 or num_neg < 0:
-        raise ValueError("num_pos and num_neg must be non-negative")
-    categories = sorted(set(all_categories))
-    known = set(categories)
-    for image_id, present in gt_objects.items():
-        unknown = sorted(set(present) - known)
-        if unknown:
-            raise ValueError(f"image {image_id!r} has objects not in all_categories: {unknown}")
-
-    frequency, cooccurrence = object_statistics(gt_objects)
+    frequency, cooccurrence = object_statistics(images)
+    by_frequency = sorted(frequency, key=lambda o: -frequency[o])  # stable: ties in first-seen order
     rng = random.Random(seed)
     questions: list[dict] = []
-    for image_id, present in gt_objects.items():
-        present_sorted = sorted(present)  # sets have no stable order across runs; sort first
-        absent = [c for c in categories if c not in present]
-        if len(present_sorted) < num_pos or len(absent) < num_neg:
-            continue
-        positives = rng.sample(present_sorted, num_pos)
-        if setting == "random":
-            negatives = rng.sample(absent, num_neg)
-        elif setting == "popular":
-            negatives = sorted(absent, key=lambda c: (-frequency[c], c))[:num_neg]
-        else:  # adversarial
-            def together(c: str) -> int:
-                return sum(cooccurrence.get(p, Counter())[c] for p in present_sorted)
-            negatives = sorted(absent, key=lambda c: (-together(c), -frequency[c], c))[:num_neg]
-
-        pairs = [(obj, "yes") for obj in positives]
-        pairs_neg = [(obj, "no") for obj in negatives]
-        # Interleave yes/no like the reference; leftovers (num_pos != num_neg) go at the end.
-        ordered = [q for pair in zip(pairs, pairs_neg) for q in pair]
-        ordered += pairs[len(pairs_neg):] + pairs_neg[len(pairs):]
-        for obj, label in ordered:
-            questions.append({"image_id": image_id, "object": obj, "label": label,
-                              "question": object_question(obj)})
+    for image_id, objects in images.items():
+        if len(objects) < num_pos:
+            raise ValueError(f"image {image_id!r} has {len(objects)} objects, fewer than num_pos={num_pos}")
+        asked = list(objects[:num_pos])
+        for positive in objects[:num_pos]:
+            def free(o: str) -> bool:
+                return o not in asked and o not in objects
+            ranked = {"random": [], "popular": by_frequency,
+                      "adversarial": sorted(cooccurrence[positive], key=lambda o: -cooccurrence[positive][o])}
+            negative = next((o for o in ranked[setting] if free(o)), None)
+            if negative is None:
+                candidates = [o for o in frequency if free(o)]
+                if not candidates:
+                    raise ValueError(f"image {image_id!r}: no absent object is left to ask about (only "
+                                     f"{len(frequency)} objects occur in the drawn images)")
+                negative = rng.choice(candidates)
+            asked.append(negative)
+            questions.append({"image_id": image_id, "object": positive, "label": "yes",
+                              "question": object_question(positive)})
+            questions.append({"image_id": image_id, "object": negative, "label": "no",
+                              "question": object_question(negative)})
     return questions
 
 

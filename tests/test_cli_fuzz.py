@@ -1,0 +1,170 @@
+"""Malformed input to the evaluation CLIs (hypothesis): every run either succeeds or exits with code 2 and exactly
+one `error: ...` line, never a traceback. Inputs: arbitrary JSON, valid COCO files with random keys deleted or
+values replaced, and raw bytes (invalid JSON, non-UTF-8)."""
+import contextlib
+import copy
+import functools
+import importlib.util
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+KEYS = ["images", "annotations", "categories", "id", "image_id", "caption", "category_id", "name", "file_name",
+        "image", "text", "label"]
+SCALARS = st.none() | st.booleans() | st.integers(-2, 3) | st.floats(allow_nan=False) | st.text(max_size=4)
+JSON = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3)
+                    | st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=3), inner, max_size=4), max_leaves=8)
+
+CAPTIONS = {"images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"}],
+            "annotations": [{"id": 1, "image_id": 1, "caption": "a dog on a couch"},
+                            {"id": 2, "image_id": 2, "caption": "a red bus"}]}
+INSTANCES = {"images": CAPTIONS["images"],
+             "categories": [{"id": 1, "name": "dog"}, {"id": 2, "name": "couch"}, {"id": 3, "name": "bus"},
+                            {"id": 4, "name": "cat"}],
+             "annotations": [{"id": 1, "image_id": 1, "category_id": 1}, {"id": 2, "image_id": 1, "category_id": 2},
+                             {"id": 3, "image_id": 1, "category_id": 4}, {"id": 4, "image_id": 2, "category_id": 3}]}
+RESULTS = [{"image_id": 1, "caption": "a dog and a cat"}, {"image_id": 2, "caption": "a bus"}]
+SYNONYMS = {"dog": ["dog", "puppy"], "bus": ["bus"]}
+
+
+def _slots(node):
+    """Every (container, key) inside a JSON value."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else []
+    for key, child in list(items):
+        yield node, key
+        yield from _slots(child)
+
+
+@st.composite
+def mutated(draw, valid):
+    """`valid` with 1-3 random slots deleted or replaced by arbitrary JSON."""
+    doc = copy.deepcopy(valid)
+    for _ in range(draw(st.integers(1, 3))):
+        slots = list(_slots(doc))
+        if not slots:
+            break
+        container, key = draw(st.sampled_from(slots))
+        if isinstance(container, dict) and draw(st.booleans()):
+            del container[key]
+        else:
+            container[key] = draw(JSON)
+    return doc
+
+
+def content(valid):
+    """File bytes: a mutated valid document, arbitrary JSON, or raw bytes."""
+    return st.one_of(mutated(valid).map(lambda d: json.dumps(d).encode()), JSON.map(lambda d: json.dumps(d).encode()),
+                     st.binary(max_size=12), st.just(b'{"images": "\xe9"}'))
+
+
+@functools.cache
+def cli(name: str):
+    spec = importlib.util.spec_from_file_location(f"fuzz_cli_{name}", REPO / "eval" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def succeeds_or_one_error_line(module, argv: list[str]) -> None:
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            module.main(argv)
+    except SystemExit as e:
+        text = err.getvalue()
+        lines = [line for line in text.splitlines() if line.strip()]
+        assert e.code == 2, text
+        assert lines and lines[-1].startswith("error: "), text  # progress bars may come before it
+        assert sum(line.startswith("error: ") for line in lines) == 1 and "Traceback" not in text, text
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fuzz")
+    (root / "images").mkdir()
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(root / "images" / name)
+    for name, doc in [("captions", CAPTIONS), ("instances", INSTANCES), ("results", RESULTS), ("synonyms", SYNONYMS)]:
+        (root / f"{name}.json").write_text(json.dumps(doc))
+    return root
+
+
+FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@FUZZ
+@given(which=st.sampled_from(["results", "captions", "instances", "synonyms"]), data=st.data())
+def test_hallucination_cli(files, which, data):
+    valid = {"results": RESULTS, "captions": CAPTIONS, "instances": INSTANCES, "synonyms": SYNONYMS}[which]
+    bad = files / f"bad_{which}.json"
+    bad.write_bytes(data.draw(content(valid)))
+    paths = {k: str(files / f"{k}.json") for k in ("results", "captions", "instances", "synonyms")}
+    paths[which] = str(bad)
+    argv = ["--results", paths["results"], "--captions", paths["captions"], "--out", str(files / "out.json")]
+    argv += ["--synonyms", paths["synonyms"]] if which == "synonyms" else ["--instances", paths["instances"]]
+    succeeds_or_one_error_line(cli("hallucination"), argv + data.draw(st.sampled_from([[], ["--reference-exact"]])))
+
+
+@FUZZ
+@given(which=st.sampled_from(["results", "captions"]), data=st.data())
+def test_captioning_cli_without_java(files, which, data, monkeypatch):
+    monkeypatch.setenv("PATH", "")  # a valid pair ends in the "java is not on PATH" line instead of a Java run
+    bad = files / f"bad_{which}.json"
+    bad.write_bytes(data.draw(content(RESULTS if which == "results" else CAPTIONS)))
+    paths = {k: str(files / f"{k}.json") for k in ("results", "captions")}
+    paths[which] = str(bad)
+    succeeds_or_one_error_line(cli("captioning"), ["--results", paths["results"], "--annotations", paths["captions"],
+                                                   "--out", str(files / "out.json")])
+
+
+POPE_LINES = [{"question_id": 1, "image": "a.png", "text": "Is there a dog in the image?", "label": "yes"},
+              {"question_id": 2, "image": "b.png", "text": "Is there a cat in the image?", "label": "no"}]
+
+
+@FUZZ
+@given(data=st.data())
+def test_pope_cli(files, data):
+    """Questions or instances fuzzed, and the numeric options; the checkpoint is no stage-2 run, so a valid input
+    ends in that error line."""
+    bad = files / "bad_pope.json"
+    if data.draw(st.booleans()):
+        lines = data.draw(st.lists(mutated(POPE_LINES[0]) | st.sampled_from(POPE_LINES) | JSON, min_size=0, max_size=3))
+        bad.write_text("\n".join(json.dumps(line) for line in lines))
+        source = ["--questions", str(bad)]
+    else:
+        bad.write_bytes(data.draw(content(INSTANCES)))
+        source = ["--instances", str(bad)]
+    options = ["--num-images", str(data.draw(st.integers(-1, 3))), "--shots", str(data.draw(st.integers(-1, 2)))]
+    succeeds_or_one_error_line(cli("pope"), ["--checkpoint", str(files), "--image-dir", str(files / "images"),
+                                             "--out", str(files / "out.json")] + source + options)
+
+
+@pytest.fixture(scope="module")
+def stage1_run(tmp_path_factory):
+    from spark_vlm.data.tokenizer import train_sentencepiece
+    from spark_vlm.models.dual_encoder import SparkConfig, SparkModel
+
+    root = tmp_path_factory.mktemp("stage1")
+    tok = train_sentencepiece(["a dog on a couch", "a red bus", "a cat"] * 20, vocab_size=40, cache_dir=root / "sp")
+    SparkModel(SparkConfig(image_size=16, patch_size=8, vision_width=16, vision_layers=1, vision_heads=2,
+                           vocab_size=tok.vocab_size, max_text_len=12, text_width=16, text_layers=1, text_heads=2,
+                           embed_dim=8)).save_pretrained(root / "run")
+    tok.save(root / "run")
+    return str(root / "run")
+
+
+@pytest.mark.slow  # loads a stage-1 run per example
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.sampled_from(["retrieval", "kprecision"]), data=st.data())
+def test_stage1_caption_clis(files, stage1_run, name, data):
+    (files / "bad_captions.json").write_bytes(data.draw(content(CAPTIONS)))
+    succeeds_or_one_error_line(cli(name), ["--checkpoint", stage1_run, "--annotations", str(files / "bad_captions.json"),
+                                           "--image-dir", str(files / "images"), "--out", str(files / "out.json")]
+                               + data.draw(st.sampled_from([[], ["--strict"]])))
