@@ -10,7 +10,7 @@ Scores are x100. The protocol: spark_vlm/evaluation/captioning.py; the metrics: 
 import argparse
 
 from spark_vlm.evaluation.captioning import caption_metrics_report
-from spark_vlm.evaluation.report import write_report
+from spark_vlm.evaluation.report import report_or_exit
 
 
 def main(argv=None) -> dict:
@@ -20,12 +20,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", required=True, help="where to write the scores JSON (a .md table goes next to it)")
     parser.add_argument("--split", default=None, help="split name recorded in the output")
     args = parser.parse_args(argv)
-    try:
-        report = caption_metrics_report(args.results, args.annotations, args.split)
-    except ValueError as e:
-        parser.exit(2, f"error: {e}\n")
-    write_report(report, args.out)
-    return report.result
+    return report_or_exit(parser, lambda: caption_metrics_report(
+        args.results, args.annotations, args.split), args.out)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,8 @@ images are skipped and counted (--strict stops instead). The protocol: spark_vlm
 """
 import argparse
 
-from spark_vlm.data.images import BadSample
 from spark_vlm.evaluation.classification import classification_report
-from spark_vlm.evaluation.report import write_report
+from spark_vlm.evaluation.report import report_or_exit
 
 
 def main(argv=None) -> dict:
@@ -29,13 +28,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--strict", action="store_true", help="stop at the first bad image")
     args = parser.parse_args(argv)
-    try:
-        report = classification_report(args.checkpoint, args.image_dir, args.templates, args.class_names,
-                                       args.batch_size, args.strict)
-    except (OSError, ValueError, BadSample) as e:
-        parser.exit(2, f"error: {e}\n")
-    write_report(report, args.out)
-    return report.result
+    return report_or_exit(parser, lambda: classification_report(
+        args.checkpoint, args.image_dir, args.templates, args.class_names, args.batch_size, args.strict),
+        args.out)
 
 
 if __name__ == "__main__":

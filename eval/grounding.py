@@ -10,7 +10,7 @@ The protocol: spark_vlm/evaluation/grounding.py.
 import argparse
 
 from spark_vlm.evaluation.grounding import grounding_report
-from spark_vlm.evaluation.report import write_report
+from spark_vlm.evaluation.report import report_or_exit
 
 
 def main(argv=None) -> dict:
@@ -20,12 +20,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--num-images", type=int, default=500, help="built-in test scenes (default 500)")
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args(argv)
-    try:
-        report = grounding_report(args.checkpoint, args.num_images, args.batch_size)
-    except (OSError, ValueError) as e:
-        parser.exit(2, f"error: {e}\n")
-    write_report(report, args.out)
-    return report.result
+    return report_or_exit(parser, lambda: grounding_report(
+        args.checkpoint, args.num_images, args.batch_size), args.out)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ spark_vlm/metrics/chair.py.
 import argparse
 
 from spark_vlm.evaluation.captioning import chair_report
-from spark_vlm.evaluation.report import write_report
+from spark_vlm.evaluation.report import report_or_exit
 
 
 def main(argv=None) -> dict:
@@ -27,12 +27,8 @@ def main(argv=None) -> dict:
                         help="reproduce LisaAnne/Hallucination's numbers, its singulariser's bugs included")
     parser.add_argument("--out", required=True, help="where to write the CHAIR JSON (a .md table goes next to it)")
     args = parser.parse_args(argv)
-    try:
-        report = chair_report(args.results, args.captions, args.instances, args.synonyms, args.reference_exact)
-    except ValueError as e:
-        parser.exit(2, f"error: {e}\n")
-    write_report(report, args.out)
-    return report.result
+    return report_or_exit(parser, lambda: chair_report(
+        args.results, args.captions, args.instances, args.synonyms, args.reference_exact), args.out)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,8 @@ The protocol: spark_vlm/evaluation/retrieval.py.
 """
 import argparse
 
-from spark_vlm.data.images import BadSample
 from spark_vlm.evaluation.data import CaptionData
-from spark_vlm.evaluation.report import write_report
+from spark_vlm.evaluation.report import report_or_exit
 from spark_vlm.evaluation.retrieval import kprecision_report
 
 
@@ -30,12 +29,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--strict", action="store_true", help="stop at the first bad image instead of skipping")
     args = parser.parse_args(argv)
     source = CaptionData(args.annotations, args.karpathy, args.split, args.image_dir, args.num_images, args.strict)
-    try:
-        report = kprecision_report(args.checkpoint, source, args.batch_size)
-    except (OSError, ValueError, BadSample) as e:
-        parser.exit(2, f"error: {e}\n")
-    write_report(report, args.out)
-    return report.result
+    return report_or_exit(parser, lambda: kprecision_report(args.checkpoint, source, args.batch_size), args.out)
 
 
 if __name__ == "__main__":

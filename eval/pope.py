@@ -14,9 +14,8 @@ scores: spark_vlm/metrics/pope.py.
 """
 import argparse
 
-from spark_vlm.data.images import BadSample
 from spark_vlm.evaluation.pope import ANSWER_MODES, pope_report
-from spark_vlm.evaluation.report import write_report
+from spark_vlm.evaluation.report import report_or_exit
 from spark_vlm.metrics.pope import SETTINGS
 
 
@@ -35,13 +34,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args(argv)
-    try:
-        report = pope_report(args.checkpoint, args.image_dir, args.instances, args.questions or (), args.settings,
-                             args.num_images, args.shots, args.seed, args.batch_size, args.answer)
-    except (OSError, ValueError, BadSample) as e:
-        parser.exit(2, f"error: {e}\n")
-    write_report(report, args.out)
-    return report.result
+    return report_or_exit(parser, lambda: pope_report(
+        args.checkpoint, args.image_dir, args.instances, args.questions or (), args.settings, args.num_images,
+        args.shots, args.seed, args.batch_size, args.answer), args.out)
 
 
 if __name__ == "__main__":

@@ -14,9 +14,8 @@ skipped and counted (--strict stops instead). The protocol: spark_vlm/evaluation
 """
 import argparse
 
-from spark_vlm.data.images import BadSample
 from spark_vlm.evaluation.probes import probes_report
-from spark_vlm.evaluation.report import write_report
+from spark_vlm.evaluation.report import report_or_exit
 
 
 def main(argv=None) -> dict:
@@ -32,13 +31,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--strict", action="store_true", help="stop at the first bad image")
     args = parser.parse_args(argv)
 
-    try:
-        report = probes_report(args.checkpoint, args.instances, args.annotations, args.image_dir, args.num_images,
-                               args.seed, args.batch_size, args.strict)
-    except (OSError, ValueError, KeyError, BadSample) as e:
-        parser.exit(2, f"error: {e}\n")
-    write_report(report, args.out)
-    return report.result
+    return report_or_exit(parser, lambda: probes_report(
+        args.checkpoint, args.instances, args.annotations, args.image_dir, args.num_images, args.seed,
+        args.batch_size, args.strict), args.out)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,7 @@ The protocol: spark_vlm/evaluation/sugarcrepe.py.
 """
 import argparse
 
-from spark_vlm.data.images import BadSample
-from spark_vlm.evaluation.report import write_report
+from spark_vlm.evaluation.report import report_or_exit
 from spark_vlm.evaluation.sugarcrepe import sugarcrepe_report
 
 
@@ -26,12 +25,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--strict", action="store_true", help="stop at the first bad image")
     args = parser.parse_args(argv)
-    try:
-        report = sugarcrepe_report(args.checkpoint, args.data_dir, args.image_dir, args.batch_size, args.strict)
-    except (OSError, ValueError, BadSample) as e:
-        parser.exit(2, f"error: {e}\n")
-    write_report(report, args.out)
-    return report.result
+    return report_or_exit(parser, lambda: sugarcrepe_report(
+        args.checkpoint, args.data_dir, args.image_dir, args.batch_size, args.strict), args.out)
 
 
 if __name__ == "__main__":

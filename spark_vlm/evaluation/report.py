@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data.images import SkipCounter
+from ..data.images import BadSample, SkipCounter
 
 
 @dataclass
@@ -80,3 +80,14 @@ def write_report(report: Report, out_json) -> str:
     out_json.with_suffix(".md").write_text(table)
     print(table)
     return table
+
+
+def report_or_exit(parser, make_report, out_json) -> dict:
+    """The tail of every eval/*.py command line: run the protocol, write its report and return the result; a bad
+    input (a missing or malformed file, an unusable image set, ...) ends as one `error:` line and exit code 2."""
+    try:
+        report = make_report()
+    except (OSError, ValueError, KeyError, BadSample) as e:
+        parser.exit(2, f"error: {e}\n")
+    write_report(report, out_json)
+    return report.result
