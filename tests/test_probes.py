@@ -3,6 +3,8 @@ true, text-only heuristics sit exactly at chance, only training words are used, 
 impossible probes are skipped and counted, and accuracy is scored."""
 from collections import Counter
 
+import re
+
 import pytest
 
 from spark_vlm.data.probes import (PROBE_TYPES, build_probes, coco_objects, heuristic_accuracy, phrase,
@@ -164,3 +166,22 @@ def test_probe_accuracy_by_hand():
     assert list(out["per_type"]) == ["count", "relation_swap"]
     assert probe_accuracy(items, [0.9, 0.4, 0.3], [[0.1], [0.4], [0.2]], tie_credit=0.5)["per_type"]["count"][
         "accuracy"] == 75.0
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: d.pop("categories"), "inst.json must be a COCO JSON object with a 'categories' list"),
+    (lambda d: d["annotations"][0].pop("bbox"), "inst.json: annotations[0] has no 'bbox'"),
+    (lambda d: d["annotations"][0].update(category_id=99), "inst.json: annotations[0].category_id 99 is not a category"),
+    (lambda d: d["annotations"][0].update(bbox=[1, 2]), "inst.json: annotations[0].bbox is [1, 2]"),
+    (lambda d: d["images"][0].update(id=[1]), "inst.json: images[0].id is [1]"),
+])
+def test_coco_objects_names_the_bad_entry(damage, message):
+    from spark_vlm.data.probes import coco_objects
+
+    doc = {"images": [{"id": 1}], "categories": [{"id": 3, "name": "dog"}],
+           "annotations": [{"image_id": 1, "category_id": 3, "bbox": [0, 0, 4, 4]}]}
+    assert coco_objects(doc, "inst.json")[0] == {1: [{"name": "dog", "color": None, "bbox": [0, 0, 4, 4],
+                                                      "crowd": False}]}
+    damage(doc)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        coco_objects(doc, "inst.json")

@@ -37,6 +37,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .coco_json import coco_entries
 from .scene_vocab import COLORS, PLURALS
 from .text import NUMBER_WORDS, WORD_TO_NUMBER, with_article
 
@@ -70,19 +71,29 @@ def scene_objects(scene: dict) -> list[dict]:
             for o in scene["objects"]]
 
 
-def coco_objects(instances: dict) -> tuple[dict[int, list[dict]], list[str]]:
-    """A COCO instances JSON (already parsed) -> ({image_id: objects}, category names).
+def coco_objects(instances: dict, where: str = "instances") -> tuple[dict[int, list[dict]], list[str]]:
+    """A COCO instances JSON (already parsed) -> ({image_id: objects}, category names). A malformed entry raises
+    one ValueError naming `where` (the file), the entry and the field.
 
     Reads the JSON itself rather than readers.read_coco_instances so that the optional per-object
     "color" key of the scenes' COCO export survives.
     """
-    names = {c["id"]: c["name"] for c in instances["categories"]}
-    objects = {int(img["id"]): [] for img in instances.get("images", [])}
-    for ann in instances.get("annotations", []):
+    categories = coco_entries(instances, "categories", where, ids=("id",), strings=("name",))
+    names = {c["id"]: c["name"] for c in categories}
+    images = coco_entries(instances, "images", where, ids=("id",)) if "images" in instances else []
+    objects = {int(img["id"]): [] for img in images}
+    annotations = coco_entries(instances, "annotations", where, ids=("image_id", "category_id"), others=("bbox",)) \
+        if "annotations" in instances else []
+    for i, ann in enumerate(annotations):
+        if ann["category_id"] not in names:
+            raise ValueError(f"{where}: annotations[{i}].category_id {ann['category_id']!r} is not a category")
+        bbox = ann["bbox"]
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
+            raise ValueError(f"{where}: annotations[{i}].bbox is {bbox!r}; expected [x, y, width, height]")
         objects.setdefault(int(ann["image_id"]), []).append({
-            "name": names[ann["category_id"]], "color": ann.get("color"), "bbox": list(ann["bbox"]),
+            "name": names[ann["category_id"]], "color": ann.get("color"), "bbox": list(bbox),
             "crowd": bool(ann.get("iscrowd", 0))})
-    return objects, [c["name"] for c in instances["categories"]]
+    return objects, [c["name"] for c in categories]
 
 
 # ------------------------------------------------------------------------------------------ builders

@@ -35,7 +35,7 @@ def probe_data(image_size: int, instances: str | None, annotations: str | None, 
                 SceneConfig.max_objects, f"built-in scenes, test split, {len(scenes)} images", None)
     if not image_dir:
         raise ValueError("--image-dir is required with --instances")
-    objects, vocabulary = coco_objects(read_json(instances, "instances"))
+    objects, vocabulary = coco_objects(read_json(instances, "instances"), where=instances)
     records = [{**r, "captions": []} for r in read_coco_captions(annotations or instances, image_dir)]
     counter = SkipCounter(what="images")
     images, _, ids = load_pairs(records, image_size, strict=strict, counter=counter, require_captions=False)
