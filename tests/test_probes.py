@@ -1,9 +1,8 @@
 """SugarCrepe-style probes: bag-of-words types keep the words, every negative is false, every positive
 true, text-only heuristics sit exactly at chance, only training words are used, construction is deterministic,
 impossible probes are skipped and counted, and accuracy is scored."""
-from collections import Counter
-
 import re
+from collections import Counter
 
 import pytest
 
