@@ -8,15 +8,7 @@ import torch
 from spark_vlm.data.pairs import CaptionedImages
 from spark_vlm.data.prompts import FlamingoPrompts
 from spark_vlm.training.stage2_eval import caption_losses, distinct_caption_share, gate_values
-from test_flamingo import CAPTIONS, make_model, set_gates
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from test_flamingo import CAPTIONS, make_model, set_gates, single_thread  # noqa: F401 (an autouse fixture)
 
 
 def val_data(model):
