@@ -35,10 +35,10 @@ demo: install
 	$(BIN)/python eval/caption.py --checkpoint runs/stage2 --image-dir $(SCENES)/test \
 	  --annotations $(SCENES)/annotations/captions_test.json --out runs/eval/captions_test.json
 	$(BIN)/python eval/captioning.py --results runs/eval/captions_test.json --split test \
-	  --annotations $(SCENES)/annotations/captions_test.json --out runs/eval/caption_scores.json
+	  --annotations $(SCENES)/annotations/captions_test.json --blind-seed 0 --out runs/eval/caption_scores.json
 	$(BIN)/python eval/hallucination.py --results runs/eval/captions_test.json \
 	  --captions $(SCENES)/annotations/captions_test.json --instances $(SCENES)/annotations/instances_test.json \
-	  --synonyms $(SCENES)/annotations/synonyms.json --out runs/eval/chair.json
+	  --synonyms $(SCENES)/annotations/synonyms.json --blind-seed 0 --out runs/eval/chair.json
 	$(BIN)/python eval/pope.py --checkpoint runs/stage2 --instances $(SCENES)/annotations/instances_test.json \
 	  --image-dir $(SCENES)/test --num-images 100 --out runs/eval/pope.json
 

@@ -19,9 +19,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--annotations", required=True, help="COCO-format captions JSON")
     parser.add_argument("--out", required=True, help="where to write the scores JSON (a .md table goes next to it)")
     parser.add_argument("--split", default=None, help="split name recorded in the output")
+    parser.add_argument("--blind-seed", type=int, default=None,
+                        help="also score the blind baseline (each image given another image's reference caption, "
+                             "drawn with this seed) and print it beside the model")
     args = parser.parse_args(argv)
     return report_or_exit(parser, lambda: caption_metrics_report(
-        args.results, args.annotations, args.split), args.out)
+        args.results, args.annotations, args.split, args.blind_seed), args.out)
 
 
 if __name__ == "__main__":

@@ -25,10 +25,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--synonyms", default=None, help="JSON {category: [synonyms]} vocabulary")
     parser.add_argument("--reference-exact", action="store_true",
                         help="reproduce LisaAnne/Hallucination's numbers, its singulariser's bugs included")
+    parser.add_argument("--blind-seed", type=int, default=None,
+                        help="also score the blind baseline (each image given another image's reference caption, "
+                             "drawn with this seed) and print it beside the model")
     parser.add_argument("--out", required=True, help="where to write the CHAIR JSON (a .md table goes next to it)")
     args = parser.parse_args(argv)
     return report_or_exit(parser, lambda: chair_report(
-        args.results, args.captions, args.instances, args.synonyms, args.reference_exact), args.out)
+        args.results, args.captions, args.instances, args.synonyms, args.reference_exact, args.blind_seed),
+        args.out)
 
 
 if __name__ == "__main__":

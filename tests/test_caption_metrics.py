@@ -172,3 +172,24 @@ def test_cli_malformed_json_names_the_file(tmp_path):
     assert proc.returncode != 0
     assert "broken_results.json" in proc.stderr and "not valid JSON" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow  # Java (pycocoevalcap), twice
+def test_blind_baseline_is_scored_beside_the_model(tmp_path):
+    from spark_vlm.evaluation.captioning import caption_metrics_report
+
+    refs = {1: ["a red circle left of a blue square", "one red circle and one blue square"],
+            2: ["two green stars", "a pair of green stars"],
+            3: ["a large yellow ring", "one big yellow ring"]}
+    coco = {"images": [{"id": i} for i in refs],
+            "annotations": [{"id": 10 * i + k, "image_id": i, "caption": c} for i, caps in refs.items()
+                            for k, c in enumerate(caps)]}
+    results = [{"image_id": i, "caption": caps[0]} for i, caps in refs.items()]  # a perfect-ish captioner
+    (tmp_path / "refs.json").write_text(json.dumps(coco))
+    (tmp_path / "res.json").write_text(json.dumps(results))
+    report = caption_metrics_report(str(tmp_path / "res.json"), str(tmp_path / "refs.json"), blind_seed=0)
+    model, blind = report.result["overall"], report.result["blind_baseline"]["overall"]
+    assert model["CIDEr"] > blind["CIDEr"] and model["Bleu_4"] > blind["Bleu_4"]
+    assert [r["captions"].split(" (")[0] for r in report.rows] == ["model", "blind baseline"]
+    again = caption_metrics_report(str(tmp_path / "res.json"), str(tmp_path / "refs.json"), blind_seed=0)
+    assert again.result["blind_baseline"] == report.result["blind_baseline"]  # deterministic by seed

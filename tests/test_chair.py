@@ -362,3 +362,39 @@ def test_cli_reference_exact(tmp_path):
                           env={**os.environ, **OFFLINE}, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         "error: --reference-exact reproduces the reference's COCO vocabulary; it cannot be combined with --synonyms"]
+
+
+def test_blind_captions_take_another_images_reference_deterministically():
+    from spark_vlm.metrics.caption_metrics import blind_captions
+
+    refs = {1: ["a dog"], 2: ["a cat", "two cats"], 3: ["a bus"]}
+    first = blind_captions(refs, [3, 1, 2], seed=7)
+    assert first == blind_captions(refs, [1, 2, 3], seed=7)  # deterministic by seed, in image-id order
+    assert [b["image_id"] for b in first] == [1, 2, 3]
+    for b in first:
+        assert b["caption"] not in refs[b["image_id"]]  # never the image's own reference
+        assert any(b["caption"] in caps for caps in refs.values())
+    draws = {tuple(b["caption"] for b in blind_captions(refs, [1, 2, 3], seed=s)) for s in range(20)}
+    assert len(draws) > 1  # the seed matters
+    with pytest.raises(ValueError, match="at least 2 images"):
+        blind_captions({1: ["a dog"]}, [1])
+
+
+def test_chair_blind_baseline_beside_the_model(tmp_path):
+    from spark_vlm.evaluation.captioning import chair_report
+    from spark_vlm.metrics.caption_metrics import blind_captions, references_from_coco
+
+    results = [{"image_id": 1, "caption": "A dog and a cat on a couch."},
+               {"image_id": 2, "caption": "A man next to a bus."}]
+    for name, doc in (("results", results), ("captions", CAPTIONS), ("instances", INSTANCES)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(doc))
+    paths = [str(tmp_path / f"{n}.json") for n in ("results", "captions", "instances")]
+    report = chair_report(*paths, blind_seed=3)
+    model_only = chair_report(*paths)
+    assert {k: report.result[k] for k in ("CHAIRs", "CHAIRi")} == {k: model_only.result[k] for k in ("CHAIRs", "CHAIRi")}
+    blind = blind_captions(references_from_coco(CAPTIONS), [1, 2], 3)
+    (tmp_path / "blind.json").write_text(json.dumps(blind))
+    direct = chair_report(str(tmp_path / "blind.json"), *paths[1:]).result
+    assert report.result["blind_baseline"]["CHAIRi"] == pytest.approx(direct["CHAIRi"])
+    assert report.result["blind_baseline"]["CHAIRs"] == pytest.approx(direct["CHAIRs"])
+    assert [r["captions"] for r in report.rows] == ["model", "blind baseline (seed 3)"]

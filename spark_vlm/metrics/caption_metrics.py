@@ -171,3 +171,23 @@ def references_from_coco(captions_json: Mapping[str, Any]) -> dict[Hashable, lis
             raise ValueError(f"caption annotation #{i} must have 'image_id' and a string 'caption'")
         references.setdefault(check_id(ann["image_id"], f"caption annotation #{i}'s image_id"), []).append(ann["caption"])
     return references
+
+
+def blind_captions(references: Mapping[Hashable, Sequence[str]], image_ids: Iterable[Hashable],
+                   seed: int = 0) -> list[dict]:
+    """The chance level of a caption score: each image "captioned" with a reference caption of another image,
+    drawn by `seed`. It is fluent, on-distribution text that never looked at the image, so a captioner's score is
+    only worth the gap above this one."""
+    import random
+
+    rng = random.Random(seed)
+    pool = sorted(references, key=str)
+    if len(pool) < 2:
+        raise ValueError("a blind baseline needs reference captions of at least 2 images")
+    out = []
+    for image_id in sorted(image_ids, key=str):
+        other = image_id
+        while other == image_id:
+            other = rng.choice(pool)
+        out.append({"image_id": image_id, "caption": rng.choice(list(references[other]))})
+    return out
