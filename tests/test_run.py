@@ -31,12 +31,11 @@ def test_stage2_refuses_compile_before_any_work():
         load_config(Stage2Config, None, ["train.compile=true"])
 
 
-@pytest.mark.parametrize("config_cls", [Stage1Config])
-def test_the_scaffold_compiles_trains_evaluates_and_exports(tmp_path, monkeypatch, config_cls):
+def test_the_scaffold_compiles_trains_evaluates_and_exports(tmp_path, monkeypatch):
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda model: compiled.append(model) or model)
     exported = []
-    cfg = load_config(config_cls, None, ["train.compile=true", "train.max_steps=4", "train.save_every=2",
+    cfg = load_config(Stage1Config, None, ["train.compile=true", "train.max_steps=4", "train.save_every=2",
                                          "train.eval_every=0", "train.batch_size=8", "train.precision=fp32",
                                          "train.peak_tflops=1", f"train.output_dir={tmp_path}"])
     result = train(cfg, toy_stage(exported))
