@@ -75,12 +75,12 @@ def make_vision(seed: int = 0) -> SparkModel:
 
 
 def make_model(family: str = "gpt2", vision_seed: int = 0, lm_seed: int = 0, head_seed: int = 1,
-               lm_dtype: torch.dtype = torch.float32, **overrides) -> SparkFlamingo:
+               lm_dtype: torch.dtype = torch.float32, lm=None, tokenizer=None, **overrides) -> SparkFlamingo:
     cfg = FlamingoConfig(**{**dict(vision_width=32, num_latents=4, resampler_depth=1, resampler_heads=2,
                                    resampler_dim_head=8, xattn_heads=2, xattn_dim_head=8, ff_mult=2), **overrides})
-    vision, lm = make_vision(vision_seed), make_lm(family, lm_seed).to(lm_dtype)
+    vision, lm = make_vision(vision_seed), (lm if lm is not None else make_lm(family, lm_seed)).to(lm_dtype)
     torch.manual_seed(head_seed)
-    return SparkFlamingo(cfg, vision, lm, make_tokenizer())
+    return SparkFlamingo(cfg, vision, lm, tokenizer or make_tokenizer())
 
 
 def set_gates(model: SparkFlamingo, value: float) -> None:

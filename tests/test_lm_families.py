@@ -12,6 +12,8 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from pathlib import Path
+
 import pytest
 import torch
 import transformers as T
@@ -209,14 +211,15 @@ def test_stage2_refuses_an_lm_whose_layers_the_media_does_not_reach(vision_dir, 
 
     save_lm("falcon", tmp_path)
     model = build(vision_dir, tmp_path)
-    check_lm_supported(model)  # supported: nothing happens
+    image = torch.zeros(16, 16, 3, dtype=torch.uint8)  # one training input
+    check_lm_supported(model, image)  # supported: nothing happens
     model.lm.transformer.h[0] = model.lm.transformer.h[0].decoder_layer  # the LM now bypasses our wrapper
     with pytest.raises(UnsupportedLMError, match=r"^FalconForCausalLM is not supported: .*layers \[0\] did not"):
-        check_lm_supported(model)
+        check_lm_supported(model, image)
 
     cfg = Stage2Config(vision_checkpoint=vision_dir)
     cfg.lm.path = str(tmp_path)
-    assert build_model(cfg, str(tmp_path)).lm.config.model_type == "falcon"
+    assert build_model(cfg, Path(vision_dir), str(tmp_path), image).lm.config.model_type == "falcon"
     bypass = SparkFlamingo.__init__
 
     def init_then_bypass(self, *args, **kwargs):
@@ -225,7 +228,7 @@ def test_stage2_refuses_an_lm_whose_layers_the_media_does_not_reach(vision_dir, 
 
     monkeypatch.setattr(SparkFlamingo, "__init__", init_then_bypass)
     with pytest.raises(SetupError, match=rf"^lm.path={tmp_path}: FalconForCausalLM is not supported") as err:
-        build_model(cfg, str(tmp_path))
+        build_model(cfg, Path(vision_dir), str(tmp_path), image)
     assert "\n" not in str(err.value)
 
 

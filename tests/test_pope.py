@@ -9,7 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from spark_vlm.evaluation.pope import choose_shots, instance_questions, qa_text, read_pope_questions
+from spark_vlm.data.prompts import END_OF_CHUNK, IMAGE_TOKEN, FlamingoPrompts
+from spark_vlm.data.text import object_question, question_answer
+from spark_vlm.evaluation.pope import choose_shots, instance_questions, qa_ids, read_pope_questions
+from spark_vlm.models.flamingo import add_flamingo_tokens
+from test_flamingo import make_tokenizer
 from spark_vlm.metrics.pope import (object_statistics, parse_yes_no, pope_scores, sample_pope_questions,
                                     select_pope_images)
 
@@ -136,9 +140,20 @@ def test_few_shot_examples_come_from_other_images_and_are_true():
         assert [a for _, _, a in examples] == ["yes", "no", "yes", "no"]
         for image_id, text, answer in examples:
             assert image_id != q["image_id"] and truth[image_id, text] == answer
-    assert qa_text("Is there a dog in the image?", "yes") == \
-        "<image>Question: Is there a dog in the image? Answer: yes<|endofchunk|>"
-    assert qa_text("Is there a dog in the image?", None).endswith("Answer:")
+
+
+def test_probe_chunks_are_tokenised_exactly_as_the_training_text():
+    """`data.object_questions` trains on these chunks: the probe must give the model the very same token ids."""
+    tokenizer = make_tokenizer()
+    add_flamingo_tokens(tokenizer, (IMAGE_TOKEN, END_OF_CHUNK), len(tokenizer))
+    prompts = FlamingoPrompts(tokenizer)
+    question = object_question("dog")
+    training = prompts([question_answer(question, "yes")], 64)
+    trained_row = training["input_ids"][0][training["attention_mask"][0].bool()].tolist()
+    assert qa_ids(prompts, question, "yes") == trained_row
+    query = qa_ids(prompts, question, None)
+    assert query == trained_row[:len(query)] and tokenizer.decode(query[1:]).strip().endswith("Answer:")
+    assert trained_row[len(query):] == tokenizer(" yes", add_special_tokens=False)["input_ids"] + [prompts.end_id]
 
 
 def test_few_shot_examples_fail_instead_of_hanging():

@@ -4,11 +4,13 @@ gates they differ; the gate readout and the distinct-caption share report what t
 import numpy as np
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from spark_vlm.data.pairs import CaptionedImages
 from spark_vlm.data.prompts import FlamingoPrompts
-from spark_vlm.training.stage2_eval import caption_losses, distinct_caption_share, gate_values
-from test_flamingo import CAPTIONS, make_model, set_gates, single_thread  # noqa: F401 (an autouse fixture)
+from spark_vlm.training.stage2_eval import caption_losses, distinct_caption_share, gate_values, text_only_caption_loss
+from test_flamingo import (CAPTIONS, make_lm, make_model, make_tokenizer, set_gates,  # noqa: F401
+                           single_thread)  # an autouse fixture
 
 
 def val_data(model):
@@ -48,3 +50,26 @@ def test_distinct_caption_share_counts_distinct_strings(monkeypatch):
     monkeypatch.setattr(prompts, "decode", lambda row: f"caption {next(names)}")
     assert distinct_caption_share(model, data, prompts, torch.device("cpu"), num_images=4, batch_size=3,
                                   max_new_tokens=2) == 1.0
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_at_initialisation_the_captioner_reads_image_as_the_lms_start_token(family, tmp_path):
+    """With a start token, `<image>` starts as <bos> and the gates are closed: over the LM's vocabulary the captioner
+    gives exactly the frozen LM's logits on "<bos> caption", so every later gain over the text-only number is the
+    image's. (Its loss differs only by the probability of the two new tokens' logit columns.)"""
+    make_lm(family).save_pretrained(tmp_path)
+    lm = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    tokenizer = make_tokenizer()
+    tokenizer.bos_token = "<|endoftext|>"
+    model = make_model(lm=AutoModelForCausalLM.from_pretrained(tmp_path), tokenizer=tokenizer).eval()
+    data, prompts = val_data(model)
+    ids, mask = data.input_ids[:4], data.attention_mask[:4]
+    with torch.no_grad():
+        ours = model(torch.zeros(4, 1, 3, 16, 16), ids, mask).logits[..., :model.lm_vocab_size]
+        theirs = lm(input_ids=ids.masked_fill(ids >= model.lm_vocab_size, tokenizer.bos_token_id),
+                    attention_mask=mask).logits
+    real = mask.bool() & (ids != model.eoc_token_id)  # <|endofchunk|> is a token the LM never had
+    torch.testing.assert_close(ours[real], theirs[real], rtol=1e-5, atol=1e-5)
+    out = caption_losses(model, data, prompts, torch.device("cpu"), batch_size=4)
+    text_only = text_only_caption_loss(str(tmp_path), data, prompts)
+    assert 0 <= out["val_caption_loss"] - text_only < 0.01

@@ -212,8 +212,16 @@ PIXEL_MEAN = 0.5
 PIXEL_STD = 0.5
 
 
+def blank_like(images: torch.Tensor) -> torch.Tensor:
+    """The "no image content" input of the same shape: uniform grey pixels, or no objects (all-zero tokens)."""
+    return torch.zeros_like(images) if images.is_floating_point() else torch.full_like(images, 128)
+
+
 def to_pixel_values(images_uint8: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 [B, H, W, 3] -> normalised float [B, 3, H, W]. Done on the device, after collation (images travel
-    as uint8, a quarter of the bytes)."""
+    as uint8, a quarter of the bytes). Float inputs are already features (the oracle tower's object tokens) and
+    pass through, cast to `dtype`."""
+    if images_uint8.is_floating_point():
+        return images_uint8.to(dtype)
     x = images_uint8.permute(0, 3, 1, 2).to(dtype) / 255.0
     return (x - PIXEL_MEAN) / PIXEL_STD

@@ -15,3 +15,10 @@ def right_pad(rows: list[list[int]], pad_id: int, length: int | None = None) -> 
         ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
         mask[i, : len(row)] = True
     return ids, mask
+
+
+def trim_right_padding(batch: dict[str, torch.Tensor], keys=("input_ids", "attention_mask", "labels")) -> dict:
+    """Cut the columns that are padding in every row (right-padded `attention_mask`): the batch is then as long
+    as its longest sequence, not the configured maximum, and no result changes (padding is masked and unscored)."""
+    length = int(batch["attention_mask"].sum(dim=1).max())
+    return {k: (v[:, :length] if k in keys else v) for k, v in batch.items()}

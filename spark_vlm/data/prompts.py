@@ -28,6 +28,11 @@ class FlamingoPrompts:
     def caption_ids(self, caption: str) -> list[int]:
         return self.tokenizer(" " + caption.strip(), add_special_tokens=False)["input_ids"]
 
+    def chunk_ids(self, text: str, closed: bool = True) -> list[int]:
+        """One interleaved chunk `<image>{text}<|endofchunk|>` (open: without the end, a prompt to continue), as
+        training writes it; few-shot prompts are such chunks one after another."""
+        return [self.image_id] + self.caption_ids(text) + ([self.end_id] if closed else [])
+
     def __call__(self, captions: list[str], max_len: int) -> dict[str, torch.Tensor]:
         # Cut the caption to keep room for <image> and <|endofchunk|>.
         rows = [[self.image_id] + self.caption_ids(c)[: max_len - 2] + [self.end_id] for c in captions]

@@ -201,6 +201,12 @@ def generate_scene(config: SceneConfig, split: str, index: int) -> dict:
             "objects": objects, "background": bg_kind}
 
 
+def without_pixels(scene: dict) -> dict:
+    """A scene's JSON-able record: everything but the image and the object masks."""
+    return {**{k: v for k, v in scene.items() if k not in ("image", "objects")},
+            "objects": [{k: v for k, v in o.items() if k != "mask"} for o in scene["objects"]]}
+
+
 # ----------------------------------------------------------------------------- torch dataset
 
 _CACHE_VERSION = 2  # bump when generation changes so stale caches are not reused
@@ -244,8 +250,7 @@ class SceneDataset(torch.utils.data.Dataset):
             images[i] = sc["image"]
             for k, o in enumerate(sc["objects"]):
                 labels[i][o["mask"]] = k + 1
-            meta.append({**{k: v for k, v in sc.items() if k not in ("image", "objects")},
-                         "objects": [{k: v for k, v in o.items() if k != "mask"} for o in sc["objects"]]})
+            meta.append(without_pixels(sc))
         folder.mkdir()
         np.save(folder / "images.npy", images)
         np.save(folder / "labels.npy", labels)
@@ -264,6 +269,14 @@ class SceneDataset(torch.utils.data.Dataset):
         objects = [{**o, "mask": labels == k + 1, "center": tuple(o["center"])}
                    for k, o in enumerate(rec["objects"])]
         return {**rec, "image": np.array(self._images[i]), "objects": objects}
+
+    def meta(self, i: int) -> dict:
+        """Scene `i` without its pixels and masks (captions, objects with class/colour/size/box/centre, background)."""
+        if self.cache_path is None:
+            return without_pixels(generate_scene(self.config, self.split, i))
+        if not 0 <= i < self.num_images:
+            raise IndexError(i)
+        return self._meta[i]
 
     def arrays(self) -> tuple[np.ndarray, list[list[str]], list[int]]:
         """(images uint8 [N, S, S, 3], captions [N][captions_per_image], image_ids): what `CaptionedImages` takes."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 
+from .oracle_tokens import scenes_tokens
 from .pairs import CaptionedImages
 from .prompts import FlamingoPrompts
 from .scene_vocab import SHAPES
@@ -35,16 +36,19 @@ def add_object_questions(captions: list[list[str]], shapes: list[set[str]], per_
     return out
 
 
-def stage2_arrays(d, image_size: int):
+def stage2_arrays(d, image_size: int, oracle: bool = False):
     """`data` section -> train and val (images, captions, image_ids), with `d.object_questions` yes/no
-    questions per training image added to its captions (so POPE-style probing has something to measure)."""
+    questions per training image added to its captions (so POPE-style probing has something to measure).
+    With `oracle`, the images are the scenes' ground-truth object tokens (data/oracle_tokens.py) instead."""
     train = cached_scenes("train", d.num_train, image_size, d.min_objects, d.max_objects, d.seed, d.cache_dir)
     val = cached_scenes("val", d.num_val, image_size, d.min_objects, d.max_objects, d.seed, d.cache_dir)
-    images, captions, ids = train.arrays()
+    (images, captions, ids), (val_images, val_captions, val_ids) = train.arrays(), val.arrays()
+    if oracle:
+        images, val_images = scenes_tokens(train, d.max_objects), scenes_tokens(val, d.max_objects)
     if d.object_questions:
-        shapes = [{o["shape"] for o in train[i]["objects"]} for i in range(len(train))]
+        shapes = [{o["shape"] for o in train.meta(i)["objects"]} for i in range(len(train))]
         captions = add_object_questions(captions, shapes, d.object_questions, d.seed, SHAPES)
-    return (images, captions, ids), val.arrays()
+    return (images, captions, ids), (val_images, val_captions, val_ids)
 
 
 def stage2_datasets(train_arrays, val_arrays, lm_tokenizer, max_len: int, seed: int):

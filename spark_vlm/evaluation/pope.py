@@ -23,7 +23,6 @@ from tqdm.auto import tqdm
 
 from ..data.images import SkipCounter, to_pixel_values
 from ..data.padding import right_pad
-from ..data.prompts import END_OF_CHUNK, IMAGE_TOKEN
 from ..data.readers import load_pairs
 from ..data.text import question_answer
 from ..data.coco_json import coco_entries
@@ -34,10 +33,10 @@ from .report import Report, read_json, skip_summary
 ANSWER_MODES = ("likelihood", "generate")
 
 
-def qa_text(question: str, answer: str | None) -> str:
-    """One interleaved chunk: `<image>Question: ... Answer: yes<|endofchunk|>`, or the open query without answer."""
-    text = IMAGE_TOKEN + question_answer(question, answer)
-    return text if answer is None else text + END_OF_CHUNK
+def qa_ids(prompts, question: str, answer: str | None) -> list[int]:
+    """One interleaved chunk `<image> Question: ... Answer: yes<|endofchunk|>`, or the open query without answer,
+    tokenised exactly as the training text (`data.object_questions`) is."""
+    return prompts.chunk_ids(question_answer(question, answer), closed=answer is not None)
 
 
 def instance_questions(instances: str, settings, num_images: int, seed: int) -> tuple[dict, dict]:
@@ -110,14 +109,14 @@ def choose_shots(questions: list[dict], shots: int, seed: int) -> list[list[tupl
     return chosen
 
 
-def _batches(model, tokenizer, questions, shots, images, batch_size):
+def _batches(model, prompts, questions, shots, images, batch_size):
     """(token rows, pixel values [B, shots + 1, 3, S, S]) per batch of few-shot prompts."""
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     limit = getattr(model.lm.config, "n_positions", None) or getattr(model.lm.config, "max_position_embeddings", None)
     for start in tqdm(range(0, len(questions), batch_size), desc="POPE"):
         batch_q, batch_s = questions[start:start + batch_size], shots[start:start + batch_size]
-        texts = ["".join(qa_text(q, a) for _, q, a in s) + qa_text(q["question"], None) for q, s in zip(batch_q, batch_s)]
-        rows = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        rows = [[t for _, question, a in s for t in qa_ids(prompts, question, a)] + qa_ids(prompts, q["question"], None)
+                for q, s in zip(batch_q, batch_s)]
         length = max(len(r) for r in rows)
         if limit and length > limit:
             raise ValueError(f"a few-shot POPE prompt is {length} tokens but the LM's context is {limit}; use fewer --shots")
@@ -137,7 +136,7 @@ def answer_pope(model, prompts, questions: list[dict], shots: list[list[tuple]],
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     answers = []
-    for rows, px in _batches(model, tokenizer, questions, shots, images, batch_size):
+    for rows, px in _batches(model, prompts, questions, shots, images, batch_size):
         if answer == "likelihood":
             ids, mask = right_pad(rows, pad)
             logits = model(px, ids.to(device), mask.long().to(device)).logits

@@ -96,6 +96,7 @@ class SparkOutput(ModelOutput):
 
 class SparkModel(PreTrainedModel):
     config_class = SparkConfig
+    input_ndim = 3  # one image is [3, H, W] (stage 2 reads this to tell [B, 3, H, W] from [B, M, 3, H, W])
     main_input_name = "pixel_values"
     supports_gradient_checkpointing = True
     _no_split_modules = ["Block"]

@@ -32,6 +32,7 @@ from transformers.utils import ModelOutput
 from . import flamingo_generate, flamingo_io
 from .dual_encoder import SparkModel
 from .gated_xattn import FlamingoDecoderLayer, GatedCrossAttentionBlock, MediaContext, attach_media
+from .oracle_vision import OracleVision, load_vision_tower
 from .perceiver import PerceiverResampler
 
 
@@ -130,7 +131,7 @@ class SparkFlamingo(nn.Module):
     `tokenizer` gains the two new tokens; build the model before `deepspeed.initialize` / outside `zero.Init`.
     """
 
-    def __init__(self, config: FlamingoConfig, vision: SparkModel, lm: PreTrainedModel, tokenizer,
+    def __init__(self, config: FlamingoConfig, vision: SparkModel | OracleVision, lm: PreTrainedModel, tokenizer,
                  vision_source: str = "<in-memory>", lm_source: str = "<in-memory>"):
         super().__init__()
         if vision.config.vision_width != config.vision_width:
@@ -154,8 +155,14 @@ class SparkFlamingo(nn.Module):
         device = in_embed.weight.device
         self.new_token_embed = nn.Embedding(2, in_embed.embedding_dim)
         self.new_token_head = nn.Linear(out_embed.in_features, 2, bias=False)
-        with torch.no_grad():  # start both tokens at the mean LM token, a neutral point of both spaces
-            self.new_token_embed.weight.copy_(mean_input_embedding(in_embed).expand(2, -1))
+        with torch.no_grad():
+            # <image> opens every chunk: it starts as the LM's start-of-text token where the LM has one, so that with
+            # closed gates the captioner reads "<bos> caption" exactly as the LM does (any later gain is the image's).
+            # <|endofchunk|> (and <image> for an LM without one) starts at the mean LM token, a neutral point.
+            mean = mean_input_embedding(in_embed)
+            bos = tokenizer.bos_token_id
+            start = in_embed(torch.tensor([bos], device=device)).float()[0] if bos is not None else mean
+            self.new_token_embed.weight.copy_(torch.stack([start, mean]))
             self.new_token_head.weight.copy_(out_embed.weight.float().mean(0).expand(2, -1))
 
         hidden = lm.config.get_text_config().hidden_size
@@ -184,7 +191,7 @@ class SparkFlamingo(nn.Module):
         The LM is loaded in `lm_dtype` ("auto": as saved); the vision tower as saved."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        vision = SparkModel.from_pretrained(vision_path, dtype="auto")
+        vision = load_vision_tower(vision_path)
         lm = AutoModelForCausalLM.from_pretrained(lm_path, dtype=lm_dtype)
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or lm_path)
         return cls(config, vision, lm, tokenizer, os.path.abspath(vision_path), os.path.abspath(lm_path))
@@ -219,15 +226,19 @@ class SparkFlamingo(nn.Module):
 
     # ------------------------------------------------------------------ pieces
     def visual_latents(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """[B, M, 3, H, W] (or [B, 3, H, W]) -> visual latents [B, M, num_latents, lm_hidden]."""
-        if pixel_values.ndim == 4:
-            pixel_values = pixel_values.unsqueeze(1)
+        """[B, M, 3, H, W] (or [B, 3, H, W]) -> visual latents [B, M, num_latents, lm_hidden]. (The oracle tower
+        takes object tokens [B, M, K, dim] instead of pixels.)"""
+        pixel_values = self.with_media_axis(pixel_values)
         b, m = pixel_values.shape[:2]
         vision_dtype = next(self.vision.parameters()).dtype
         with torch.no_grad():  # frozen tower: no activations kept for backward
             feats = self.vision.image_features(pixel_values.flatten(0, 1).to(vision_dtype))
         feats = feats.view(b, m, *feats.shape[1:]).to(self.perceiver.latents.dtype)
         return self.perceiver(feats)
+
+    def with_media_axis(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """One image per sequence ([B, 3, H, W]) -> [B, M=1, 3, H, W]; already [B, M, ...] stays as it is."""
+        return pixel_values.unsqueeze(1) if pixel_values.ndim == self.vision.input_ndim + 1 else pixel_values
 
     def media_index(self, input_ids: torch.Tensor) -> torch.Tensor:
         """[B, T] 1-based index of the most recent `<image>` at or before each token (0 = no image yet)."""

@@ -31,8 +31,7 @@ class _Stepper:
     def __init__(self, model: nn.Module, pixel_values: torch.Tensor, input_ids: torch.Tensor,
                  attention_mask: torch.Tensor, repeats: int, use_cache: bool, cache_visual: bool):
         self.model = model
-        if pixel_values.ndim == 4:
-            pixel_values = pixel_values.unsqueeze(1)
+        pixel_values = model.with_media_axis(pixel_values)
         # Beam search: every beam of a sample is a row of its own (sample b -> rows b*K .. b*K+K-1).
         self.pixel_values = pixel_values.repeat_interleave(repeats, dim=0)
         self.ids = input_ids.repeat_interleave(repeats, dim=0)

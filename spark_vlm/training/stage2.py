@@ -18,16 +18,32 @@ from pathlib import Path
 
 import torch
 
-from ..data.cache import CACHE_ROOT
+from ..data.cache import CACHE_ROOT, build_once
 from ..data.images import to_pixel_values
+from ..data.padding import trim_right_padding
+from ..data.scenes import SceneConfig
 from ..data.stage2 import stage2_arrays, stage2_datasets
 from ..models import flamingo_io
 from ..models.flamingo import SparkFlamingo, UnsupportedLMError
+from ..models.oracle_vision import OracleVision, OracleVisionConfig
 from .run import SetupError, Stage
 from .stage2_config import Stage2Config
 from .stage2_eval import (caption_losses, distinct_caption_share, gate_values, model_dtype,
                           text_only_caption_loss)
 from .standin_lm import pretrain_standin_lm
+
+
+ORACLE = "oracle"  # vision_checkpoint=oracle: ground-truth object tokens instead of a stage-1 backbone
+
+
+def vision_tower_dir(cfg: Stage2Config) -> Path:
+    """The frozen vision tower's directory: the stage-1 run, or the oracle tower (saved once in the cache)."""
+    if cfg.vision_checkpoint != ORACLE:
+        stage1_config_file(cfg.vision_checkpoint)
+        return Path(cfg.vision_checkpoint)
+    config = OracleVisionConfig(max_objects=cfg.data.max_objects, image_size=SceneConfig.image_size)
+    return build_once(CACHE_ROOT / "oracle_vision" / f"objects{config.max_objects}_size{config.image_size}",
+                      lambda folder: OracleVision(config).save_pretrained(folder))
 
 
 def stage1_config_file(vision_checkpoint: str) -> Path:
@@ -50,13 +66,13 @@ def resolve_lm(cfg: Stage2Config, train_captions: list[list[str]], val_captions:
                                    cache_dir=CACHE_ROOT / "lms", lm=cfg.lm.standin, seed=cfg.train.seed))
 
 
-def build_model(cfg: Stage2Config, lm_path: str) -> SparkFlamingo:
-    vision_dir = Path(cfg.vision_checkpoint)
-    vision_width = json.loads(stage1_config_file(cfg.vision_checkpoint).read_text())["vision_width"]
+def build_model(cfg: Stage2Config, vision_dir: Path, lm_path: str, image: torch.Tensor) -> SparkFlamingo:
+    """The captioner on the frozen parts, checked with one forward on `image` (a training input)."""
+    vision_width = json.loads((vision_dir / "config.json").read_text())["vision_width"]
     config = cfg.model.flamingo_config(vision_width)
     try:
         model = SparkFlamingo.from_pretrained_parts(config, str(vision_dir), lm_path, lm_dtype=cfg.lm.torch_dtype())
-        check_lm_supported(model)
+        check_lm_supported(model, image)
     except UnsupportedLMError as e:
         raise SetupError(f"lm.path={lm_path}: {e}") from None
     # DeepSpeed's "auto" bucket sizes are derived from model.config.hidden_size: the LM's width here.
@@ -65,12 +81,12 @@ def build_model(cfg: Stage2Config, lm_path: str) -> SparkFlamingo:
 
 
 @torch.no_grad()
-def check_lm_supported(model: SparkFlamingo) -> None:
+def check_lm_supported(model: SparkFlamingo, image: torch.Tensor) -> None:
     """One 2-token forward (an image, then a token) before training: every cross-attention layer must run, or the
     LM is refused in one line (`UnsupportedLMError`) instead of training blind."""
-    size = model.vision.config.image_size
-    pixels = torch.zeros(1, 1, 3, size, size, dtype=model_dtype(model), device=model.perceiver.latents.device)
-    ids = torch.tensor([[model.image_token_id, 0]], device=pixels.device)
+    device = model.perceiver.latents.device
+    pixels = to_pixel_values(image[None].to(device), model_dtype(model))[:, None]
+    ids = torch.tensor([[model.image_token_id, 0]], device=device)
     model(pixels, ids)
 
 
@@ -93,6 +109,7 @@ def full_weights_on_load(accelerator):
 
 
 def stage2_loss(model, batch: dict) -> dict[str, torch.Tensor]:
+    batch = trim_right_padding(batch)  # the LM runs over the batch's longest sequence, not data.max_text_len
     px = to_pixel_values(batch["images"], model_dtype(model))[:, None]  # one image per sequence
     out = model(px, batch["input_ids"], batch["attention_mask"], labels=batch["labels"])
     return {"loss": out.loss}
@@ -124,7 +141,7 @@ def export_run(accelerator, model, tokenizer, manifest: dict, run_dir: Path) -> 
     tokenizer.save_pretrained(str(run_dir / "tokenizer"))
 
 
-def stage2_flops_per_sample(model: SparkFlamingo, text_len: int) -> float:
+def stage2_flops_per_sample(model: SparkFlamingo, text_len: float) -> float:
     """Frozen vision forward (2NT), frozen LM forward + activation backward (4NT), trainable parts forward +
     full backward (6NT). Approximate: attention scores are left out."""
     n_all = sum(p.numel() for p in model.parameters())
@@ -138,11 +155,12 @@ def build_stage2(cfg: Stage2Config, accelerator) -> Stage:
     """Data, model and hooks of stage 2 for the shared run (`run.train`)."""
     d = cfg.data
     with accelerator.main_process_first():
-        image_size = json.loads(stage1_config_file(cfg.vision_checkpoint).read_text())["image_size"]
-        train_arrays, val_arrays = stage2_arrays(d, image_size)
+        vision_dir = vision_tower_dir(cfg)
+        image_size = json.loads((vision_dir / "config.json").read_text())["image_size"]
+        train_arrays, val_arrays = stage2_arrays(d, image_size, oracle=cfg.vision_checkpoint == ORACLE)
         lm_path = resolve_lm(cfg, train_arrays[1], val_arrays[1])
     with full_weights_on_load(accelerator):
-        model = build_model(cfg, lm_path)
+        model = build_model(cfg, vision_dir, lm_path, torch.from_numpy(train_arrays[0][0]))
         manifest = model.build_manifest(stage2_config=cfg.__class__.__name__, lm_path=os.path.abspath(lm_path))
         train_data, val_data, prompts = stage2_datasets(train_arrays, val_arrays, model.tokenizer, d.max_text_len,
                                                         cfg.train.seed)
@@ -152,7 +170,7 @@ def build_stage2(cfg: Stage2Config, accelerator) -> Stage:
     n_train = sum(p.numel() for p in model.trainable_parameters())
     n_all = sum(p.numel() for p in model.parameters())
     accelerator.print(f"SparkFlamingo: {n_train / 1e6:.2f}M trainable of {n_all / 1e6:.2f}M parameters; LM {lm_path}; "
-                      f"vision {cfg.vision_checkpoint}; {len(train_data)} train / {len(val_data)} val images; "
+                      f"vision {vision_dir}; {len(train_data)} train / {len(val_data)} val images; "
                       f"precision {accelerator.mixed_precision}; {accelerator.num_processes} process(es)"
                       f"{'; DeepSpeed' if accelerator.state.deepspeed_plugin else ''}")
     run_dir = Path(cfg.train.output_dir)
@@ -183,7 +201,8 @@ def build_stage2(cfg: Stage2Config, accelerator) -> Stage:
         train_data=train_data,
         loss=stage2_loss,
         evaluate=evaluate,
-        flops_per_sample=stage2_flops_per_sample(model, d.max_text_len),
+        # Useful FLOPs: the mean real sequence length (padding beyond it is not work done for the model).
+        flops_per_sample=stage2_flops_per_sample(model, float(train_data.attention_mask.float().sum(1).mean())),
         export=lambda acc, m, out_dir: export_run(acc, m, tokenizer, manifest, out_dir),
         summary=summary,
         trainable_only=SparkFlamingo.is_trainable_name,

@@ -71,7 +71,9 @@ def _stage2_optim() -> OptimConfig:
 
 @dataclass
 class Stage2Config:
-    vision_checkpoint: str = "runs/stage1"  # the stage-1 run directory (SparkModel.from_pretrained)
+    # The stage-1 run directory (SparkModel.from_pretrained), or "oracle": ground-truth object tokens of the
+    # built-in scenes in place of a backbone (models/oracle_vision.py), the upper bound of the stage-2 recipe.
+    vision_checkpoint: str = "runs/stage1"
     model: FlamingoModelConfig = field(default_factory=FlamingoModelConfig)
     lm: LMConfig = field(default_factory=LMConfig)
     data: Stage2DataConfig = field(default_factory=Stage2DataConfig)

@@ -2,7 +2,7 @@
 
   val_caption_loss                  the captioner on caption tokens 2..n with each caption's own image
   val_caption_loss_shuffled_images  the same captions, each with *another* val image
-  val_caption_loss_blank_image      the same captions with a uniform grey image
+  val_caption_loss_blank_image      the same captions with a uniform grey image (the oracle: no objects)
   val_caption_loss_text_only        the frozen LM alone on the same tokens (computed once, before training)
   image_contribution                shuffled - true (nats/token): what reading *this* image adds
   gate_attn.<layer>, gate_ff.<layer>   tanh of every cross-attention gate (0 = the block adds nothing)
@@ -17,7 +17,8 @@ from contextlib import nullcontext
 
 import torch
 
-from ..data.images import to_pixel_values
+from ..data.images import blank_like, to_pixel_values
+from ..data.padding import trim_right_padding
 from ..data.pairs import CaptionedImages
 from ..data.prompts import FlamingoPrompts
 
@@ -32,7 +33,8 @@ def _first_caption_batches(data: CaptionedImages, prompts: FlamingoPrompts, batc
     first = [int(data.offsets[i]) for i in range(len(data))]
     for start in range(0, len(first), batch_size):
         idx = first[start:start + batch_size]
-        ids, mask, labels = (data.text[k][idx] for k in ("input_ids", "attention_mask", "labels"))
+        text = trim_right_padding({k: data.text[k][idx] for k in ("input_ids", "attention_mask", "labels")})
+        ids, mask, labels = text["input_ids"], text["attention_mask"], text["labels"]
         inner = labels.clone()
         inner[:, 1] = -100  # c1 is predicted from <image> alone: no text context to compare with
         inner[inner == prompts.end_id] = -100  # <|endofchunk|> is a token the frozen LM never had
@@ -56,7 +58,7 @@ def caption_losses(model, data: CaptionedImages, prompts: FlamingoPrompts, devic
     for rows, ids, mask, labels, inner in _first_caption_batches(data, prompts, batch_size):
         own = data.images[rows]
         images = {"": own, "_shuffled_images": data.images[(torch.arange(rows.start, rows.stop) + 1) % n_images],
-                  "_blank_image": torch.full_like(own, 128)}
+                  "_blank_image": blank_like(own)}
         ids, mask = ids.to(device), mask.to(device)
         n = int((labels[:, 1:] != -100).sum())
         px = to_pixel_values(own.to(device), dtype)[:, None]
@@ -118,12 +120,16 @@ def text_only_caption_loss(lm_path: str, data: CaptionedImages, prompts: Flaming
     from transformers import AutoModelForCausalLM
 
     lm = AutoModelForCausalLM.from_pretrained(lm_path, dtype=lm_dtype).to(device).eval()
+    bos = prompts.tokenizer.bos_token_id
     losses = []
     for _, ids, mask, _, inner in _first_caption_batches(data, prompts, batch_size):
-        ids, mask, inner = ids[:, 1:], mask[:, 1:], inner[:, 1:]  # drop <image>: c1..cn <eoc> <pad>...
+        if bos is not None:  # <image> -> <bos>: the LM reads "<bos> c1..cn", as the captioner does at initialisation
+            ids = ids.masked_fill(ids == prompts.image_id, bos)
+        else:  # no start token: drop <image>, the LM reads c1..cn
+            ids, mask, inner = ids[:, 1:], mask[:, 1:], inner[:, 1:]
         ids = ids.masked_fill(ids >= lm.config.vocab_size, prompts.pad_id)  # <eoc> is never scored anyway
         logits = lm(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-        target = inner[:, 1:].to(device)
+        target = inner[:, 1:].to(device)  # caption tokens 2..n (c1 has no text context in either model)
         nll = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), target.flatten(), ignore_index=-100,
                                                 reduction="sum")
         n = int((target != -100).sum())
