@@ -1,7 +1,6 @@
 """A trained stage-2 run for evaluation: load the captioner from its directory and caption images with it."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,25 +10,29 @@ from tqdm.auto import tqdm
 from ..data.images import SkipCounter, to_pixel_values
 from ..data.prompts import FlamingoPrompts
 from ..data.readers import IMAGE_EXTENSIONS, load_pairs
-from ..models import flamingo_io
-from ..models.flamingo import FlamingoConfig, SparkFlamingo
+from ..models.flamingo import SparkFlamingo
 from .report import read_json
 
 
-def load_captioner(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[SparkFlamingo, FlamingoPrompts]:
-    """Rebuild the captioner from its manifest: frozen vision + frozen LM from their recorded sources, then the
-    trainable weights — after checking that both frozen parts hash to what the run was trained on."""
-    run_dir = Path(run_dir)
-    manifest_path = run_dir / flamingo_io.MANIFEST_NAME
-    if not manifest_path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a stage-2 run directory (no {flamingo_io.MANIFEST_NAME}); "
-                                "train one with: accelerate launch stage2_vlm/train.py")
-    manifest = json.loads(manifest_path.read_text())
-    config = FlamingoConfig.from_dict(manifest["flamingo_config"])
-    model = SparkFlamingo.from_pretrained_parts(config, manifest["vision"]["source"], manifest["lm_path"],
-                                                tokenizer_path=str(run_dir / "tokenizer"))
-    model.load_trainable(str(run_dir))
-    model.eval().to(device)
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(name: str) -> str:
+    """--device: "auto" is cuda when a GPU is visible, else cpu; asking for cuda without one is an error."""
+    if name not in DEVICES:
+        raise ValueError(f"unknown device {name!r}; choose from {list(DEVICES)}")
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+    return name
+
+
+def load_captioner(run_dir: str | Path, device: str = "cpu", vision_path: str | None = None,
+                   lm_path: str | None = None) -> tuple[SparkFlamingo, FlamingoPrompts]:
+    """The captioner of a stage-2 run (`SparkFlamingo.from_pretrained`: the frozen parts from the manifest's
+    sources or from `vision_path` / `lm_path`, hash-checked) and its prompt format."""
+    model = SparkFlamingo.from_pretrained(str(run_dir), vision_path, lm_path, device=resolve_device(device))
     return model, FlamingoPrompts(model.tokenizer)
 
 
@@ -67,13 +70,15 @@ def image_records(image_dir: Path, annotations: str | None) -> tuple[list[dict],
 
 
 def caption_folder(checkpoint, image_dir, annotations: str | None = None, limit: int | None = None,
-                   batch_size: int = 16, strict: bool = False, **generate_kwargs) -> tuple[list[dict], SkipCounter]:
+                   batch_size: int = 16, strict: bool = False, device: str = "cpu",
+                   vision_path: str | None = None, lm_path: str | None = None,
+                   **generate_kwargs) -> tuple[list[dict], SkipCounter]:
     """COCO results `[{"image_id", "caption"}]` for the images of a folder (or those a COCO file names), and the
     counter of unreadable images that were skipped."""
     image_dir = Path(image_dir)
     if not image_dir.is_dir():
         raise ValueError(f"--image-dir {image_dir} is not a directory")
-    model, prompts = load_captioner(checkpoint)
+    model, prompts = load_captioner(checkpoint, device, vision_path, lm_path)
     records, out_ids = image_records(image_dir, annotations)
     records = records[:limit] if limit else records
     counter = SkipCounter(what="images")

@@ -152,7 +152,8 @@ def answer_pope(model, prompts, questions: list[dict], shots: list[list[tuple]],
 
 def pope_report(checkpoint, image_dir: str, instances: str | None = None, question_files=(), settings=SETTINGS,
                 num_images: int = 500, shots: int = 2, seed: int = 0, batch_size: int = 8,
-                answer: str = "likelihood") -> Report:
+                answer: str = "likelihood", device: str = "cpu", vision_path: str | None = None,
+                lm_path: str | None = None) -> Report:
     """Accuracy, precision, recall, F1 and yes-ratio (percent) per setting (or per question file)."""
     if bool(instances) == bool(question_files):
         raise ValueError("give either --instances (questions sampled as POPE does) or --questions (POPE's files)")
@@ -163,7 +164,7 @@ def pope_report(checkpoint, image_dir: str, instances: str | None = None, questi
     else:
         by_setting = {Path(f).stem: read_pope_questions(f) for f in question_files}
         files = {q["image_id"]: q["image_id"] for qs in by_setting.values() for q in qs}
-    model, prompts = load_captioner(checkpoint)
+    model, prompts = load_captioner(checkpoint, device, vision_path, lm_path)
     records = [{"image_id": i, "path": str(Path(image_dir) / f), "captions": ["-"]} for i, f in files.items()]
     counter = SkipCounter(what="images")
     images, _, ids = load_pairs(records, model.vision.config.image_size, counter=counter)  # only the asked images
