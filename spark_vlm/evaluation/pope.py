@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.images import SkipCounter, to_pixel_values
-from ..data.padding import right_pad
+from ..data.padding import left_pad, right_pad
 from ..data.prompts import END_OF_CHUNK, IMAGE_TOKEN
 from ..data.readers import load_pairs
 from ..data.text import question_answer
@@ -143,9 +143,9 @@ def answer_pope(model, prompts, questions: list[dict], shots: list[list[tuple]],
             logits = model(px, ids.to(device), mask.long().to(device)).logits
             last = logits[torch.arange(len(rows)), mask.sum(1) - 1]
             answers.extend("yes" if y > n else "no" for y, n in zip(last[:, yes_id].tolist(), last[:, no_id].tolist()))
-        else:  # generation wants left padding: pad the reversed rows on the right, then flip
-            ids, mask = right_pad([r[::-1] for r in rows], pad)
-            new = model.generate(px, ids.flip(1).to(device), mask.flip(1).long().to(device), max_new_tokens=8)
+        else:  # generation wants left padding
+            ids, mask = left_pad(rows, pad)
+            new = model.generate(px, ids.to(device), mask.long().to(device), max_new_tokens=8)
             answers.extend(parse_yes_no(prompts.decode(row).strip()) for row in new.tolist())
     return answers
 

@@ -193,9 +193,9 @@ def _beam_search(stepper: _Stepper, batch: int, beams: int, max_new_tokens: int,
 
 @torch.no_grad()
 def generate(model: nn.Module, pixel_values: torch.Tensor, input_ids: torch.Tensor,
-             attention_mask: torch.Tensor | None = None, *, max_new_tokens: int = 20, num_beams: int = 1, do_sample: bool = False,
-             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, use_cache: bool = True,
-             cache_visual: bool = True, eos_token_id: int | list[int] | None = None,
+             attention_mask: torch.Tensor | None = None, *, max_new_tokens: int = 20, num_beams: int = 1,
+             do_sample: bool = False, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+             use_cache: bool = True, cache_visual: bool = True, eos_token_id: int | list[int] | None = None,
              pad_token_id: int | None = None, length_penalty: float = 1.0,
              generator: torch.Generator | None = None) -> torch.Tensor:
     """New token ids [B, T_new] for left-padded prompts (see the module docstring)."""
