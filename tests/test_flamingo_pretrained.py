@@ -159,3 +159,24 @@ def test_interleaved_two_image_prompts_batch_like_each_row_alone():
     changed[:, 1] = -pv[:, 1]
     greedy = model.generate(pv, ids, mask, max_new_tokens=6, eos_token_id=[])
     assert not torch.equal(model.generate(changed, ids, mask, max_new_tokens=6, eos_token_id=[]), greedy)
+
+
+def test_pope_cli_takes_the_same_overrides(run_dir, tmp_path, capsys):
+    path, _ = run_dir
+    folder = write_images(tmp_path / "images", n=2)
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("".join(json.dumps({"image": f"{i}.png", "text": "Is there a cube in the image?",
+                                             "label": label}) + "\n" for i, label in ((0, "yes"), (1, "no"))))
+    moved = tmp_path / "moved"
+    shutil.move(tmp_path / "parts", moved)
+    pope = cli("pope")
+    base = ["--checkpoint", path, "--questions", str(questions), "--image-dir", str(folder), "--shots", "0",
+            "--out", str(tmp_path / "pope.json"), "--device", "cpu", "--vision-checkpoint", str(moved / "vision")]
+    result = pope.main(base + ["--lm-path", str(moved / "lm")])
+    assert result["settings"]["q"]["n"] == 2
+    make_lm("gpt2", seed=5).save_pretrained(tmp_path / "other_lm")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        pope.main(base + ["--lm-path", str(tmp_path / "other_lm")])
+    err = capsys.readouterr().err.replace("\r", "\n").rstrip("\n").split("\n")[-1]
+    assert exit_info.value.code == 2 and err.startswith("error: frozen lm mismatch:")

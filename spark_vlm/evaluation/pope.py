@@ -165,10 +165,12 @@ def pope_report(checkpoint, image_dir: str, instances: str | None = None, questi
         by_setting = {Path(f).stem: read_pope_questions(f) for f in question_files}
         files = {q["image_id"]: q["image_id"] for qs in by_setting.values() for q in qs}
     model, prompts = load_captioner(checkpoint, device, vision_path, lm_path)
-    records = [{"image_id": i, "path": str(Path(image_dir) / f), "captions": ["-"]} for i, f in files.items()]
+    # load_pairs wants integer ids; the questions' ids are COCO ids or (POPE's files) file names
+    asked = list(files)
+    records = [{"image_id": k, "path": str(Path(image_dir) / files[i]), "captions": ["-"]} for k, i in enumerate(asked)]
     counter = SkipCounter(what="images")
     images, _, ids = load_pairs(records, model.vision.config.image_size, counter=counter)  # only the asked images
-    by_id = dict(zip(ids, images))
+    by_id = {asked[k]: image for k, image in zip(ids, images)}
     result = {"source": instances or list(question_files), "answer": answer, "shots": shots, "settings": {}}
     for setting, questions in by_setting.items():
         questions = [q for q in questions if q["image_id"] in by_id]
