@@ -180,3 +180,19 @@ def test_pope_cli_takes_the_same_overrides(run_dir, tmp_path, capsys):
         pope.main(base + ["--lm-path", str(tmp_path / "other_lm")])
     err = capsys.readouterr().err.replace("\r", "\n").rstrip("\n").split("\n")[-1]
     assert exit_info.value.code == 2 and err.startswith("error: frozen lm mismatch:")
+
+
+def test_a_bfloat16_lm_is_reloaded_in_bfloat16(tmp_path):
+    """The LM's hash depends on the dtype it ran in (stage 2's lm.dtype); the manifest records it, so a run trained
+    on a bf16 copy of an fp32 LM directory loads again (as saved, it would hash differently and be refused)."""
+    make_vision().save_pretrained(tmp_path / "vision")
+    make_lm("gpt2").save_pretrained(tmp_path / "lm")  # fp32 on disk
+    make_tokenizer().save_pretrained(tmp_path / "lm")
+    model = SparkFlamingo.from_pretrained_parts(FlamingoConfig(**TINY), str(tmp_path / "vision"),
+                                                str(tmp_path / "lm"), lm_dtype=torch.bfloat16).eval()
+    set_gates(model, 0.8)
+    loaded = SparkFlamingo.from_pretrained(model.save_pretrained(str(tmp_path / "run")))
+    assert loaded.lm.get_input_embeddings().weight.dtype == torch.bfloat16
+    pv, ids, mask = prompt_batch(model)
+    with torch.no_grad():
+        assert torch.equal(loaded(pv, ids, mask).logits, model(pv, ids, mask).logits)
