@@ -85,7 +85,7 @@ def main() -> None:
     for name, flags in VARIANTS.items():
         def generate():
             out = model.generate(px, prompt["input_ids"], prompt["attention_mask"], max_new_tokens=args.new_tokens,
-                                 eos_token_ids=[], **flags)
+                                 eos_token_id=[], **flags)
             assert out.shape[1] == args.new_tokens, out.shape
         seconds = time_it(generate, args.repeats)
         tokens = args.batch_size * args.new_tokens

@@ -14,6 +14,7 @@ scores: spark_vlm/metrics/pope.py.
 """
 import argparse
 
+from spark_vlm.evaluation.captioner import DEVICES
 from spark_vlm.evaluation.pope import ANSWER_MODES, pope_report
 from spark_vlm.evaluation.report import report_or_exit
 from spark_vlm.metrics.pope import SETTINGS
@@ -33,10 +34,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--answer", choices=ANSWER_MODES, default="likelihood")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="auto: cuda if available, else cpu")
+    parser.add_argument("--vision-checkpoint", help="where the run's stage-1 directory is now (hash-checked)")
+    parser.add_argument("--lm-path", help="where the run's frozen LM is now (hash-checked)")
     args = parser.parse_args(argv)
     return report_or_exit(parser, lambda: pope_report(
         args.checkpoint, args.image_dir, args.instances, args.questions or (), args.settings, args.num_images,
-        args.shots, args.seed, args.batch_size, args.answer), args.out)
+        args.shots, args.seed, args.batch_size, args.answer, args.device, args.vision_checkpoint, args.lm_path),
+        args.out)
 
 
 if __name__ == "__main__":

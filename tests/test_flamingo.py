@@ -290,8 +290,8 @@ def test_cached_generation_equals_uncached_greedy(family):
     ids, mask = left_pad([[img, 5, 6, 7, 8, 9], [img, 10, 11]])
     pv = images(2, 1)
     stop, pad = [model.eoc_token_id], model.eoc_token_id
-    fast = model.generate(pv, ids, mask, max_new_tokens=8, eos_token_ids=stop)
-    slow = model.generate(pv, ids, mask, max_new_tokens=8, eos_token_ids=stop, use_cache=False, cache_visual=False)
+    fast = model.generate(pv, ids, mask, max_new_tokens=8, eos_token_id=stop)
+    slow = model.generate(pv, ids, mask, max_new_tokens=8, eos_token_id=stop, use_cache=False, cache_visual=False)
     ref = reference_greedy(model, pv, ids, mask, 8, stop, pad)
     assert fast.shape[0] == 2 and fast.shape[1] >= 1
     assert torch.equal(fast, ref) and torch.equal(slow, ref)
@@ -310,11 +310,11 @@ def test_visual_features_and_kv_are_computed_once_per_call():
     blocks = [layer.gated_xattn for layer in model.flamingo_layers() if layer.gated_xattn is not None]
     hooks += [b.attn.to_kv.register_forward_hook(counter("to_kv")) for b in blocks]
     ids, mask = left_pad([[model.image_token_id, 5, 6], [model.image_token_id, 7]])
-    out = model.generate(images(2, 1), ids, mask, max_new_tokens=6, eos_token_ids=[])
+    out = model.generate(images(2, 1), ids, mask, max_new_tokens=6, eos_token_id=[])
     assert out.shape == (2, 6)
     assert counts == {"perceiver": 1, "to_kv": len(blocks)}
     counts.update(perceiver=0, to_kv=0)
-    model.generate(images(2, 1), ids, mask, max_new_tokens=6, eos_token_ids=[], cache_visual=False)
+    model.generate(images(2, 1), ids, mask, max_new_tokens=6, eos_token_id=[], cache_visual=False)
     assert counts == {"perceiver": 6, "to_kv": 6 * len(blocks)}
     for h in hooks:
         h.remove()
@@ -342,7 +342,7 @@ def test_beam_search_with_one_beam_runs_the_beam_code():
     pv = images(2, 1)
     greedy = model.generate(pv, ids, mask, max_new_tokens=6)
     stop = sorted({int(greedy[0, 1]), model.eoc_token_id})
-    greedy_stop = model.generate(pv, ids, mask, max_new_tokens=6, eos_token_ids=stop)
+    greedy_stop = model.generate(pv, ids, mask, max_new_tokens=6, eos_token_id=stop)
     with torch.no_grad():
         stepper = flamingo_generate._Stepper(model, pv, ids, mask, 1, use_cache=True, cache_visual=True)
         beam1 = flamingo_generate._beam_search(stepper, 2, 1, 6, stop, model.eoc_token_id,
@@ -355,7 +355,7 @@ def test_sampling_is_reproducible_under_a_seed():
     set_gates(model, 0.8)
     ids, mask = left_pad([[model.image_token_id, 5, 6], [model.image_token_id, 7]])
     pv = images(2, 1)
-    kwargs = dict(max_new_tokens=6, do_sample=True, temperature=0.9, top_k=50, top_p=0.95, eos_token_ids=[])
+    kwargs = dict(max_new_tokens=6, do_sample=True, temperature=0.9, top_k=50, top_p=0.95, eos_token_id=[])
     torch.manual_seed(0)
     first = model.generate(pv, ids, mask, **kwargs)
     torch.manual_seed(0)
@@ -363,7 +363,7 @@ def test_sampling_is_reproducible_under_a_seed():
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     assert torch.equal(model.generate(pv, ids, mask, generator=g1, **kwargs),
                        model.generate(pv, ids, mask, generator=g2, **kwargs))
-    greedy = model.generate(pv, ids, mask, max_new_tokens=6, eos_token_ids=[])
+    greedy = model.generate(pv, ids, mask, max_new_tokens=6, eos_token_id=[])
     assert torch.equal(model.generate(pv, ids, mask, **{**kwargs, "top_k": 1}), greedy)
 
 

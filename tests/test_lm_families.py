@@ -131,8 +131,8 @@ def test_family(family, vision_dir, tmp_path):
     # 4) Cached == uncached greedy decoding on a left-padded batch == step-by-step forward(); beam search too.
     prompt, mask = left_pad([[img, 5, 6, 7, 8, 9], [img, 10, 11]])
     stop = [eoc]
-    fast = model.generate(pv, prompt, mask, max_new_tokens=6, eos_token_ids=stop)
-    slow = model.generate(pv, prompt, mask, max_new_tokens=6, eos_token_ids=stop, use_cache=False,
+    fast = model.generate(pv, prompt, mask, max_new_tokens=6, eos_token_id=stop)
+    slow = model.generate(pv, prompt, mask, max_new_tokens=6, eos_token_id=stop, use_cache=False,
                           cache_visual=False)
     ref = reference_greedy(model, pv, prompt, mask, 6, stop, eoc)
     assert torch.equal(fast, ref) and torch.equal(slow, ref)

@@ -141,6 +141,17 @@ def test_plain_run_then_caption_from_the_run_dir(tmp_path, stage1_dir):
         for scores in result["settings"].values():
             assert scores["num_images"] == 3 and scores["n"] == 18 and 0 <= scores["yes_ratio"] <= 100
 
+    # Few-shot captioning of the trained run through the CLI (open_flamingo's prompt; the stand-in LM's context
+    # is data.max_text_len = 40 tokens, room for one shot): seeded, and batching does not change a caption.
+    from test_eval_cli import cli
+
+    caption = cli("caption")
+    args = ["--checkpoint", str(out), "--image-dir", paths["images"], "--annotations", paths["captions"],
+            "--shots", "1", "--max-new-tokens", "3", "--limit", "4", "--device", "cpu"]
+    few = caption.main(args + ["--out", str(tmp_path / "few.json")])
+    assert len(few) == 4 and all(isinstance(r["caption"], str) for r in few)
+    assert caption.main(args + ["--out", str(tmp_path / "few1.json"), "--batch-size", "1"]) == few
+
 
 @pytest.mark.parametrize("zero", [2, 3])
 def test_deepspeed_zero_runs_and_resumes_exactly_on_cpu(tmp_path, stage1_dir, zero):

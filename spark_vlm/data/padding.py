@@ -1,4 +1,4 @@
-"""Right padding of token rows: the one loop behind caption ids, Flamingo prompts, stand-in LM batches and POPE."""
+"""Padding of token rows: the one loop behind caption ids, Flamingo prompts, stand-in LM batches and POPE."""
 from __future__ import annotations
 
 import torch
@@ -15,6 +15,12 @@ def right_pad(rows: list[list[int]], pad_id: int, length: int | None = None) -> 
         ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
         mask[i, : len(row)] = True
     return ids, mask
+
+
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """As `right_pad`, with the padding on the left (generation prompts: every row ends on its last token)."""
+    ids, mask = right_pad([row[::-1] for row in rows], pad_id)
+    return ids.flip(1), mask.flip(1)
 
 
 def trim_right_padding(batch: dict[str, torch.Tensor], keys=("input_ids", "attention_mask", "labels")) -> dict:

@@ -1,16 +1,21 @@
 """Stage-2 text: the Flamingo prompt format `<image>{caption}<|endofchunk|>` in the LM's own tokenizer.
 
 Training sequences are right-padded and carry `labels` that score only the caption tokens and the closing
-`<|endofchunk|>` (-100 on `<image>` and on padding). Generation prompts are left-padded `<image>` prompts.
+`<|endofchunk|>` (-100 on `<image>` and on padding). Generation prompts are `<image>` (what training used), or
+open_flamingo's few-shot captioning prompt (its eval `get_caption_prompt`), left-padded:
+    <image>Output: {caption}<|endofchunk|>  (once per shot)  <image>Output:
+One deliberate difference: a caption is tokenised as everywhere here, with a leading space (" " + caption, the LM's
+word boundary); open_flamingo writes `Output:{caption}`.
 """
 from __future__ import annotations
 
 import torch
 
-from .padding import right_pad
+from .padding import left_pad, right_pad
 
 IMAGE_TOKEN = "<image>"
 END_OF_CHUNK = "<|endofchunk|>"
+SHOT_PREFIX = "Output:"  # open_flamingo's captioning prompt, before each caption of a few-shot prompt
 
 
 class FlamingoPrompts:
@@ -46,6 +51,23 @@ class FlamingoPrompts:
         row = [self.image_id] + (self.caption_ids(prefix) if prefix else [])
         ids = torch.tensor([row] * batch_size, dtype=torch.long)
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+    def few_shot_prompts(self, shot_captions: list[list[str]]) -> dict[str, torch.Tensor]:
+        """One left-padded row per query: `<image>Output: {caption}<|endofchunk|>` for each of its shot captions,
+        then `<image>Output:` (one `<image>` per shot image, then one for the query image)."""
+        prefix = self.tokenizer(SHOT_PREFIX, add_special_tokens=False)["input_ids"]
+        rows = []
+        for captions in shot_captions:
+            row = []
+            for caption in captions:
+                row += [self.image_id, *prefix, *self.caption_ids(caption), self.end_id]
+            rows.append(row + [self.image_id, *prefix])
+        ids, mask = left_pad(rows, self.pad_id)
+        return {"input_ids": ids, "attention_mask": mask.long()}
+
+    def decode_few_shot(self, ids) -> str:
+        """As `decode`, then open_flamingo's postprocess_captioning_generation: cut at a further "Output"."""
+        return self.decode(ids).split(SHOT_PREFIX.rstrip(":"), 1)[0].strip()
 
     def decode(self, ids) -> str:
         """Generated ids -> caption text, cut at <|endofchunk|> / EOS / padding."""

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.images import SkipCounter, to_pixel_values
-from ..data.padding import right_pad
+from ..data.padding import left_pad, right_pad
 from ..data.readers import load_pairs
 from ..data.text import question_answer
 from ..data.coco_json import coco_entries
@@ -142,16 +142,17 @@ def answer_pope(model, prompts, questions: list[dict], shots: list[list[tuple]],
             logits = model(px, ids.to(device), mask.long().to(device)).logits
             last = logits[torch.arange(len(rows)), mask.sum(1) - 1]
             answers.extend("yes" if y > n else "no" for y, n in zip(last[:, yes_id].tolist(), last[:, no_id].tolist()))
-        else:  # generation wants left padding: pad the reversed rows on the right, then flip
-            ids, mask = right_pad([r[::-1] for r in rows], pad)
-            new = model.generate(px, ids.flip(1).to(device), mask.flip(1).long().to(device), max_new_tokens=8)
+        else:  # generation wants left padding
+            ids, mask = left_pad(rows, pad)
+            new = model.generate(px, ids.to(device), mask.long().to(device), max_new_tokens=8)
             answers.extend(parse_yes_no(prompts.decode(row).strip()) for row in new.tolist())
     return answers
 
 
 def pope_report(checkpoint, image_dir: str, instances: str | None = None, question_files=(), settings=SETTINGS,
                 num_images: int = 500, shots: int = 2, seed: int = 0, batch_size: int = 8,
-                answer: str = "likelihood") -> Report:
+                answer: str = "likelihood", device: str = "cpu", vision_path: str | None = None,
+                lm_path: str | None = None) -> Report:
     """Accuracy, precision, recall, F1 and yes-ratio (percent) per setting (or per question file)."""
     if bool(instances) == bool(question_files):
         raise ValueError("give either --instances (questions sampled as POPE does) or --questions (POPE's files)")
@@ -162,11 +163,13 @@ def pope_report(checkpoint, image_dir: str, instances: str | None = None, questi
     else:
         by_setting = {Path(f).stem: read_pope_questions(f) for f in question_files}
         files = {q["image_id"]: q["image_id"] for qs in by_setting.values() for q in qs}
-    model, prompts = load_captioner(checkpoint)
-    records = [{"image_id": i, "path": str(Path(image_dir) / f), "captions": ["-"]} for i, f in files.items()]
+    model, prompts = load_captioner(checkpoint, device, vision_path, lm_path)
+    # load_pairs wants integer ids; the questions' ids are COCO ids or (POPE's files) file names
+    asked = list(files)
+    records = [{"image_id": k, "path": str(Path(image_dir) / files[i]), "captions": ["-"]} for k, i in enumerate(asked)]
     counter = SkipCounter(what="images")
     images, _, ids = load_pairs(records, model.vision.config.image_size, counter=counter)  # only the asked images
-    by_id = dict(zip(ids, images))
+    by_id = {asked[k]: image for k, image in zip(ids, images)}
     result = {"source": instances or list(question_files), "answer": answer, "shots": shots, "settings": {}}
     for setting, questions in by_setting.items():
         questions = [q for q in questions if q["image_id"] in by_id]

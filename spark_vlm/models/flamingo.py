@@ -305,19 +305,12 @@ class SparkFlamingo(nn.Module):
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
         return FlamingoOutput(loss=loss, logits=logits)
 
-    @torch.no_grad()
-    def generate(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 max_new_tokens: int = 20, num_beams: int = 1, do_sample: bool = False, temperature: float = 1.0,
-                 top_k: int = 0, top_p: float = 1.0, use_cache: bool = True, cache_visual: bool = True,
-                 eos_token_ids: list[int] | None = None, length_penalty: float = 1.0,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-        """Left-padded prompts -> new token ids [B, T_new] (stop token included, then `pad_token_id`).
-        See `flamingo_generate.generate` for the details."""
-        return flamingo_generate.generate(
-            self, pixel_values, input_ids, attention_mask, max_new_tokens=max_new_tokens, num_beams=num_beams,
-            do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, use_cache=use_cache,
-            cache_visual=cache_visual, eos_token_ids=eos_token_ids, length_penalty=length_penalty,
-            generator=generator)
+    def generate(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
+                 attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        """Left-padded prompts -> new token ids [B, T_new] (stop token included, then the pad id), with the
+        transformers keywords max_new_tokens, num_beams, do_sample, temperature, top_k, top_p, eos_token_id,
+        pad_token_id, length_penalty (others are a TypeError). See `flamingo_generate.generate`."""
+        return flamingo_generate.generate(self, pixel_values, input_ids, attention_mask, **kwargs)
 
     # ------------------------------------------------------------------ trainable-only checkpoints
     def named_trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
@@ -360,6 +353,20 @@ class SparkFlamingo(nn.Module):
 
     def load_trainable(self, ckpt_dir: str, expected_manifest: dict | None = None) -> dict:
         return flamingo_io.load_trainable(self, ckpt_dir, expected_manifest)
+
+    # ------------------------------------------------------------------ whole directories (as a stage-2 run)
+    config_class = FlamingoConfig
+
+    def save_pretrained(self, out_dir: str, manifest: dict | None = None) -> str:
+        """trainable.safetensors + manifest.json (frozen parts by path and hash) + tokenizer/."""
+        return flamingo_io.save_pretrained(self, out_dir, manifest)
+
+    @classmethod
+    def from_pretrained(cls, ckpt_dir: str, vision_path: str | None = None, lm_path: str | None = None,
+                        device: str | torch.device | None = None) -> "SparkFlamingo":
+        """Load a `save_pretrained` directory or a stage-2 run; `vision_path` / `lm_path` relocate the frozen
+        parts (their hashes must still match the manifest). See `flamingo_io.load_pretrained`."""
+        return flamingo_io.load_pretrained(cls, ckpt_dir, vision_path, lm_path, device)
 
 
 def mean_input_embedding(in_embed: nn.Module, chunk: int = 8192) -> torch.Tensor:

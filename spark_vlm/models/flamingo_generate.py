@@ -13,8 +13,15 @@ LM's base model step by step keeps all of that visible in ~150 lines:
 
 Prompts must be left-padded (generation appends on the right). Generating `<image>` is disallowed (no image could
 go with it), so a generated token's media index is the prompt's last one. A row stops at its first stop token
-(`<|endofchunk|>` or the LM's EOS unless `eos_token_ids` is given); the stop token is kept in the output and the
-rest of the row is filled with the tokenizer's pad id (`<|endofchunk|>` if there is none).
+(`<|endofchunk|>` or the LM's EOS unless `eos_token_id` is given); the stop token is kept in the output and the
+rest of the row is filled with `pad_token_id` (default: the tokenizer's pad id, else `<|endofchunk|>`).
+
+The keywords are transformers' (`max_new_tokens`, `num_beams`, `do_sample`, `temperature`, `top_k`, `top_p`,
+`eos_token_id` (an id or a list), `pad_token_id`, `length_penalty`); any other is a TypeError. One deliberate
+difference: the result holds only the new tokens, not the prompt followed by them.
+
+Interleaved prompts: `pixel_values` [B, T_img, 3, H, W] and up to T_img `<image>` tokens per row; each token reads
+the latest `<image>` at or before it, so a generated token reads the row's last image.
 
 `model` is always the SparkFlamingo: flamingo.py imports this module, never the reverse.
 """
@@ -185,19 +192,25 @@ def _beam_search(stepper: _Stepper, batch: int, beams: int, max_new_tokens: int,
 
 @torch.no_grad()
 def generate(model: nn.Module, pixel_values: torch.Tensor, input_ids: torch.Tensor,
-             attention_mask: torch.Tensor, max_new_tokens: int = 20, num_beams: int = 1, do_sample: bool = False,
-             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, use_cache: bool = True,
-             cache_visual: bool = True, eos_token_ids: list[int] | None = None, length_penalty: float = 1.0,
+             attention_mask: torch.Tensor | None = None, *, max_new_tokens: int = 20, num_beams: int = 1,
+             do_sample: bool = False, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+             use_cache: bool = True, cache_visual: bool = True, eos_token_id: int | list[int] | None = None,
+             pad_token_id: int | None = None, length_penalty: float = 1.0,
              generator: torch.Generator | None = None) -> torch.Tensor:
     """New token ids [B, T_new] for left-padded prompts (see the module docstring)."""
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
     if not bool(attention_mask[:, -1].all()):
         raise ValueError("generate() needs left-padded prompts (the last position of every row must be a token)")
     if num_beams < 1:
         raise ValueError(f"num_beams must be >= 1, got {num_beams}")
     if do_sample and num_beams > 1:
         raise ValueError("beam sampling is not supported: use do_sample with num_beams=1, or beam search")
-    stop_ids = list(eos_token_ids) if eos_token_ids is not None else default_stop_ids(model)
-    pad_id = model.tokenizer.pad_token_id
+    if eos_token_id is None:
+        stop_ids = default_stop_ids(model)
+    else:
+        stop_ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+    pad_id = pad_token_id if pad_token_id is not None else model.tokenizer.pad_token_id
     pad_id = model.eoc_token_id if pad_id is None else pad_id
     was_training = model.training
     model.eval()

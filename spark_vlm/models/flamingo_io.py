@@ -1,4 +1,5 @@
-"""Trainable-only checkpoints of a SparkFlamingo: `trainable.safetensors` + `manifest.json`.
+"""Trainable-only checkpoints of a SparkFlamingo: `trainable.safetensors` + `manifest.json` (+ `tokenizer/` for a
+whole pretrained directory, `save_pretrained` / `load_pretrained`: what a stage-2 run directory holds).
 
 The frozen vision tower and LM are never saved again; instead the manifest names where they came from and a
 sha256 of their weights. Loading checks that the checkpoint holds exactly the trainable tensors (each present,
@@ -24,6 +25,7 @@ from safetensors.torch import load_file, save_file
 FORMAT = "spark-flamingo-trainable/1"
 WEIGHTS_NAME = "trainable.safetensors"
 MANIFEST_NAME = "manifest.json"
+TOKENIZER_DIR = "tokenizer"  # the LM's tokenizer with <image> and <|endofchunk|> added
 FROZEN_PARTS = ("vision", "lm")
 
 
@@ -56,7 +58,8 @@ def build_manifest(model: nn.Module, **extra) -> dict:
     return {
         "format": FORMAT,
         "vision": {"source": model.vision_source, "sha256": hashes["vision"]},
-        "lm": {"source": model.lm_source, "sha256": hashes["lm"]},
+        "lm": {"source": model.lm_source, "sha256": hashes["lm"],  # the dtype it was loaded in is part of the hash
+               "dtype": str(model.lm.get_input_embeddings().weight.dtype).removeprefix("torch.")},
         "flamingo_config": model.config.to_dict(),
         "token_ids": {model.config.image_token: model.image_token_id,
                       model.config.end_of_chunk_token: model.eoc_token_id},
@@ -93,15 +96,17 @@ def write_trainable(state: Mapping[str, torch.Tensor], manifest: dict, out_dir: 
     return out_dir
 
 
-def check_backbones(saved: dict, actual_hashes: dict[str, str], ckpt_dir: str) -> None:
+def check_backbones(saved: dict, actual_hashes: dict[str, str], ckpt_dir: str,
+                    sources: dict[str, str] | None = None) -> None:
     for part in FROZEN_PARTS:
         if part not in saved or "sha256" not in saved[part]:
             raise BackboneMismatchError(f"{ckpt_dir}/{MANIFEST_NAME} does not record the frozen {part}'s hash")
         if saved[part]["sha256"] != actual_hashes[part]:
+            source = f" (from {sources[part]!r})" if sources else ""
             raise BackboneMismatchError(
                 f"frozen {part} mismatch: {ckpt_dir} was trained on the {part} from "
                 f"{saved[part].get('source', '?')!r} (sha256 {saved[part]['sha256'][:16]}...), but this model's "
-                f"{part} has sha256 {actual_hashes[part][:16]}...; refusing to load")
+                f"{part}{source} has sha256 {actual_hashes[part][:16]}...; refusing to load")
 
 
 def load_trainable(model: nn.Module, ckpt_dir: str, expected_manifest: dict | None = None) -> dict:
@@ -114,7 +119,7 @@ def load_trainable(model: nn.Module, ckpt_dir: str, expected_manifest: dict | No
     saved = read_manifest(ckpt_dir)
     if saved.get("format") != FORMAT:
         raise ValueError(f"{ckpt_dir}: unknown checkpoint format {saved.get('format')!r}, expected {FORMAT!r}")
-    check_backbones(saved, model.frozen_hashes(), ckpt_dir)
+    check_backbones(saved, model.frozen_hashes(), ckpt_dir, {"vision": model.vision_source, "lm": model.lm_source})
     for key, value in (expected_manifest or {}).items():
         if key in FROZEN_PARTS:
             if "sha256" in value and value["sha256"] != saved[key]["sha256"]:
@@ -139,3 +144,44 @@ def load_trainable(model: nn.Module, ckpt_dir: str, expected_manifest: dict | No
         raise ValueError(f"load left unexpected keys untouched: {sorted(set(result.missing_keys) ^ frozen)}, "
                          f"unexpected {result.unexpected_keys}")
     return saved
+
+
+def save_pretrained(model: nn.Module, out_dir: str, manifest: dict | None = None) -> str:
+    """A whole pretrained directory: trainable weights + manifest (frozen parts by path and hash) + the extended
+    tokenizer in `tokenizer/`; the layout of a stage-2 run directory."""
+    save_trainable(model, out_dir, manifest)
+    model.tokenizer.save_pretrained(os.path.join(out_dir, TOKENIZER_DIR))
+    return out_dir
+
+
+def lm_dtype(manifest: dict) -> torch.dtype | str:
+    """The dtype the frozen LM was trained in (its hash depends on it); "auto" (as saved) for manifests written
+    before the dtype was recorded."""
+    name = manifest["lm"].get("dtype")
+    return getattr(torch, name) if name else "auto"
+
+
+def load_pretrained(cls, ckpt_dir: str, vision_path: str | None = None, lm_path: str | None = None,
+                    device: str | torch.device | None = None) -> nn.Module:
+    """Rebuild a model saved by `save_pretrained` (or a stage-2 run): the frozen parts from the manifest's sources,
+    or from `vision_path` / `lm_path` where they moved; the backbone hash check still runs against the manifest,
+    so an override can only relocate the same weights. Returns the model in eval mode (on `device` if given)."""
+    if not os.path.isfile(os.path.join(ckpt_dir, MANIFEST_NAME)):
+        raise FileNotFoundError(f"{ckpt_dir} is not a stage-2 run directory (no {MANIFEST_NAME}); "
+                                "train one with: accelerate launch stage2_vlm/train.py")
+    manifest = read_manifest(ckpt_dir)
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{ckpt_dir}: unknown checkpoint format {manifest.get('format')!r}, expected {FORMAT!r}")
+    paths = {"vision": vision_path, "lm": lm_path}
+    for part, flag in (("vision", "vision_path / --vision-checkpoint"), ("lm", "lm_path / --lm-path")):
+        paths[part] = paths[part] or manifest[part]["source"]
+        if not os.path.isdir(paths[part]):  # never let transformers read a missing path as a hub id
+            raise FileNotFoundError(f"the frozen {part} of {ckpt_dir} is not at {paths[part]} (no such directory); "
+                                    f"give its new place with {flag}")
+    config = cls.config_class.from_dict(manifest["flamingo_config"])
+    model = cls.from_pretrained_parts(config, paths["vision"], paths["lm"],
+                                      tokenizer_path=os.path.join(ckpt_dir, TOKENIZER_DIR),
+                                      lm_dtype=lm_dtype(manifest))
+    load_trainable(model, ckpt_dir)
+    model.eval()
+    return model if device is None else model.to(device)

@@ -138,7 +138,7 @@ def export_run(accelerator, model, tokenizer, manifest: dict, run_dir: Path) -> 
     if not accelerator.is_main_process:
         return
     flamingo_io.write_trainable(trainable, manifest, str(run_dir))
-    tokenizer.save_pretrained(str(run_dir / "tokenizer"))
+    tokenizer.save_pretrained(str(run_dir / flamingo_io.TOKENIZER_DIR))
 
 
 def stage2_flops_per_sample(model: SparkFlamingo, text_len: float) -> float:
