@@ -1,7 +1,8 @@
 """The training run both stages share, written once:
 
-  accelerator, seed -> the stage's pieces (model, data, loss, evaluation, FLOPs, export) -> run directory +
-  config.yaml -> optimiser, schedule, DataLoader -> torch.compile -> accelerate.prepare -> peak FLOP/s ->
+  accelerator -> lock the run directory -> the checkpoint to resume (verified) -> seed -> the stage's pieces
+  (model, data, loss, evaluation, FLOPs, export) -> a fresh run clears the old run's artefacts -> config.yaml ->
+  optimiser, schedule, DataLoader -> torch.compile -> accelerate.prepare -> peak FLOP/s ->
   train_loop -> eval_results.json + summary
 
 A stage is a function `build(cfg, accelerator) -> Stage`; see stage1.py and stage2.py.
