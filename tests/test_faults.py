@@ -167,6 +167,21 @@ def test_a_checkpoint_holding_a_foreign_file_is_refused_by_name(tmp_path, capsys
     assert not marker.exists()
 
 
+def test_a_listed_file_is_only_ever_loaded_as_plain_tensors(tmp_path, capsys):
+    # Even a pickle that the manifest vouches for (someone rewrote both) is read with weights_only=True.
+    from spark_vlm.training.checkpoint import MANIFEST_FILE, file_record
+
+    assert cli(toy_stage(), tmp_path, "train.max_steps=2", "train.save_every=1") == 0
+    newest, marker = tmp_path / "checkpoints" / "step_00000002", tmp_path / "pwned"
+    torch.save({"state": Planted(marker)}, newest / "optimizer.bin")
+    manifest = json.loads((newest / MANIFEST_FILE).read_text())
+    (newest / MANIFEST_FILE).write_text(json.dumps({**manifest, "optimizer.bin": file_record(newest / "optimizer.bin")}))
+    capsys.readouterr()
+    assert cli(toy_stage(), tmp_path, "train.max_steps=3", "--resume", str(newest)) == 2
+    assert error_line(capsys).startswith(f"error: --resume {newest}: the checkpoint does not load (UnpicklingError: ")
+    assert not marker.exists()
+
+
 @pytest.mark.parametrize("damage, why", [
     (lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:-7]),
      "model.safetensors differs from checkpoint_manifest.json"),

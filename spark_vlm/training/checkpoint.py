@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import re
 import shutil
 from pathlib import Path
@@ -131,8 +132,14 @@ def save_checkpoint(accelerator, run_dir: str | Path, step: int, state: dict, ke
 
 
 def load_checkpoint(accelerator, path: str | Path, **load_kwargs) -> dict:
-    """Restore the full training state; returns the trainer state (step, epoch, ...)."""
-    accelerator.load_state(str(path), **load_kwargs)
+    """Restore the full training state; returns the trainer state (step, epoch, ...). A file that passes the
+    manifest but does not load (e.g. a pickle of anything but tensors, refused by `weights_only=True`) stops
+    the run in one line."""
+    try:
+        accelerator.load_state(str(path), **load_kwargs)
+    except (pickle.UnpicklingError, RuntimeError, ValueError, KeyError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SetupError(f"--resume {path}: the checkpoint does not load ({type(e).__name__}: {reason})") from None
     return json.loads((Path(path) / STATE_FILE).read_text())
 
 
