@@ -47,6 +47,7 @@ def test_overrides_apply_with_types():
     (["lambda_fine=nan"], "lambda_fine: must be a finite number"),
     (["optim.betas=[0.9, .inf]"], "optim.betas: must be a finite number"),
     (["train.seed=99999999999"], "train.seed: must be < 2**32"),
+    (["train.max_nonfinite_skips=0"], "train.max_nonfinite_skips: must be > 0"),
 ])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError) as err:

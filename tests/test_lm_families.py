@@ -205,7 +205,7 @@ def test_lm_dtype_config_key():
 
 def test_stage2_refuses_an_lm_whose_layers_the_media_does_not_reach(vision_dir, tmp_path, monkeypatch):
     """Before training, stage 2 runs one forward; a refusal becomes one line naming lm.path and the LM class."""
-    from spark_vlm.training.run import SetupError
+    from spark_vlm.training.errors import SetupError
     from spark_vlm.training.stage2 import build_model, check_lm_supported
     from spark_vlm.training.stage2_config import Stage2Config
 

@@ -51,7 +51,8 @@ class CaptionedImages(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         j = self.caption_index(i)
-        return {"images": self.images[i], **{name: values[j] for name, values in self.text.items()}}
+        return {"images": self.images[i], **{name: values[j] for name, values in self.text.items()},
+                "ids": self.image_ids[i]}  # named in the log if this sample's update is skipped
 
 
 class StreamingPairs(torch.utils.data.IterableDataset):
@@ -73,4 +74,4 @@ class StreamingPairs(torch.utils.data.IterableDataset):
             pick = np.random.default_rng([self.seed, self.pairs.epoch, sample["image_id"] % 2**32]).integers(len(caps))
             enc = self.tokenizer([caps[pick]], self.max_len)
             yield {"images": torch.from_numpy(sample["image"]), "input_ids": enc["input_ids"][0],
-                   "attention_mask": enc["attention_mask"][0]}
+                   "attention_mask": enc["attention_mask"][0], "ids": sample["image_id"]}

@@ -1,21 +1,32 @@
-"""Atomic training checkpoints and `--resume latest`.
+"""Atomic, verified training checkpoints and `--resume latest`.
 
-A checkpoint is `<run_dir>/checkpoints/step_<N>/`: Accelerate's full state (model, optimizer, scheduler,
-RNG states; DeepSpeed shards under DeepSpeed) plus `trainer_state.json`. It is written into a temporary
-folder and renamed into place only when complete, so a crash mid-save never leaves a checkpoint that
-`--resume latest` would pick up half-written.
+A checkpoint is `<run_dir>/checkpoints/step_<N>/`: Accelerate's state (model weights as safetensors, optimizer,
+RNG states; DeepSpeed shards under DeepSpeed), `trainer_state.json` (our loop state and the LR schedule, as JSON)
+and `checkpoint_manifest.json` (every file's size and sha256). It is written into a temporary folder and renamed
+into place only when complete. Nothing in it is unpickled as arbitrary objects: Accelerate loads the optimizer
+and RNG files with `torch.load(weights_only=True)`, and a folder holding any file we did not write (e.g. a
+planted `custom_checkpoint_0.pkl`, which Accelerate would unpickle unrestricted) is refused by name. Exception:
+under DeepSpeed the engine loads its own shards with `weights_only=False`; resume only checkpoints you wrote.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import pickle
 import re
 import shutil
 from pathlib import Path
 from typing import Callable
 
+from .errors import SetupError
+
 STATE_FILE = "trainer_state.json"
+MANIFEST_FILE = "checkpoint_manifest.json"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+# Every file a checkpoint may hold (paths relative to it): ours, Accelerate's, and the DeepSpeed engine's.
+_OURS = re.compile(r"^(trainer_state\.json|checkpoint_manifest\.json|model(_\d+)?\.safetensors|optimizer(_\d+)?\.bin"
+                   r"|random_states_\d+\.pkl|scaler\.pt|latest|pytorch_model/[\w.]+\.pt)$")
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
@@ -23,33 +34,79 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
+    """Checkpoint folders (renamed into place, so complete when written; `checkpoint_problem` checks they
+    still are), oldest first."""
     root = checkpoint_dir(run_dir)
     if not root.is_dir():
         return []
     found = []
     for path in root.iterdir():
         match = _STEP_DIR.match(path.name)
-        if match and (path / STATE_FILE).is_file():
+        if match and path.is_dir():
             found.append((int(match.group(1)), path))
     return [p for _, p in sorted(found)]
 
 
-def resolve_resume(run_dir: str | Path, resume: str | None) -> Path | None:
-    """`None` -> no resume; `latest` -> newest complete checkpoint (None if there is none); else a path."""
+def resolve_resume(run_dir: str | Path, resume: str | None, say: Callable[[str], None] = print) -> Path | None:
+    """`None` -> no resume; `latest` -> the newest intact checkpoint (None if there is none at all; each damaged
+    newer one is skipped with a line saying why); else that directory, which must be intact."""
     if resume is None:
         return None
     if resume == "latest":
         found = list_checkpoints(run_dir)
-        return found[-1] if found else None
+        for path in reversed(found):
+            problem = checkpoint_problem(path)
+            if problem is None:
+                return path
+            say(f"skipping {path.parent.name}/{path.name}: {problem}")
+        if found:
+            raise SetupError(f"--resume latest: none of the {len(found)} checkpoints in {checkpoint_dir(run_dir)} "
+                             f"is intact; refusing to resume (and to start over on top of them)")
+        return None
     path = Path(resume)
-    if not (path / STATE_FILE).is_file():
-        raise FileNotFoundError(f"--resume {resume}: not a complete checkpoint (no {STATE_FILE} inside)")
+    if not path.is_dir():
+        raise SetupError(f"--resume {resume}: no such checkpoint directory")
+    if problem := checkpoint_problem(path):
+        raise SetupError(f"--resume {resume}: {problem}; refusing to resume")
     return path
 
 
+def checkpoint_problem(path: Path) -> str | None:
+    """Why the checkpoint folder `path` cannot be trusted (None if it is intact): a file we did not write, a bad
+    trainer state or manifest, a file missing, or one whose size or sha256 differs from the manifest."""
+    files = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
+    if foreign := [f for f in files if not _OURS.match(f)]:
+        return f"{foreign[0]} is not a file this trainer writes"
+    try:
+        state = json.loads((path / STATE_FILE).read_text())
+        manifest = json.loads((path / MANIFEST_FILE).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return f"unreadable {STATE_FILE} or {MANIFEST_FILE} ({type(e).__name__}: {e})"
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int) or not isinstance(manifest, dict):
+        return f"{STATE_FILE} or {MANIFEST_FILE} is not what this trainer writes"
+    if missing := sorted(set(manifest) - set(files)):
+        return f"{missing[0]} is missing"
+    for name in files:
+        if name == MANIFEST_FILE:
+            continue
+        if name not in manifest:
+            return f"{name} is not listed in {MANIFEST_FILE}"
+        if file_record(path / name) != manifest[name]:
+            return f"{name} differs from {MANIFEST_FILE} (size or sha256): damaged or replaced"
+    return None
+
+
+def file_record(path: Path) -> dict:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
 def save_checkpoint(accelerator, run_dir: str | Path, step: int, state: dict, keep: int = 2, **save_kwargs) -> Path:
-    """Save the full training state for `step` atomically; keep only the newest `keep` checkpoints."""
+    """Save the full training state for `step` atomically; keep only the newest `keep` checkpoints. The
+    manifest is written last, over the finished folder, just before the rename."""
     root = checkpoint_dir(run_dir)
     final = root / f"step_{step:08d}"
     tmp = root / f".tmp_step_{step:08d}"
@@ -61,6 +118,11 @@ def save_checkpoint(accelerator, run_dir: str | Path, step: int, state: dict, ke
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / STATE_FILE).write_text(json.dumps({"step": step, **state}, indent=2))
+        for script in ("zero_to_fp32.py", "zero_to_torch.py"):  # DeepSpeed's recovery scripts: nothing executable
+            (tmp / script).unlink(missing_ok=True)
+        files = sorted(p for p in tmp.rglob("*") if p.is_file())
+        manifest = {p.relative_to(tmp).as_posix(): file_record(p) for p in files}
+        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
@@ -70,8 +132,14 @@ def save_checkpoint(accelerator, run_dir: str | Path, step: int, state: dict, ke
 
 
 def load_checkpoint(accelerator, path: str | Path, **load_kwargs) -> dict:
-    """Restore the full training state; returns the trainer state (step, epoch, ...)."""
-    accelerator.load_state(str(path), **load_kwargs)
+    """Restore the full training state; returns the trainer state (step, epoch, ...). A file that passes the
+    manifest but does not load (e.g. a pickle of anything but tensors, refused by `weights_only=True`) stops
+    the run in one line."""
+    try:
+        accelerator.load_state(str(path), **load_kwargs)
+    except (pickle.UnpicklingError, RuntimeError, ValueError, KeyError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SetupError(f"--resume {path}: the checkpoint does not load ({type(e).__name__}: {reason})") from None
     return json.loads((Path(path) / STATE_FILE).read_text())
 
 
@@ -91,17 +159,6 @@ def frozen_mismatch(ckpt: str | Path, frozen: dict[str, dict] | None) -> str | N
                     f"{was.get('source', '?')!r} (sha256 {str(was.get('sha256'))[:16]}...), this run loads "
                     f"{now.get('source', '?')!r} (sha256 {str(now.get('sha256'))[:16]}...); refusing to resume")
     return None
-
-
-def start_fresh(run_dir: Path) -> None:
-    """A run that does not resume starts a new history: an old metrics.jsonl and old checkpoints in the same
-    directory would otherwise mix two runs (and `--resume latest` could later pick the old run's state)."""
-    stale = [p for p in (run_dir / "metrics.jsonl", checkpoint_dir(run_dir)) if p.exists()]
-    if stale:
-        print(f"starting a new run in {run_dir}: replacing {', '.join(p.name for p in stale)} of the previous run "
-              f"(use --resume latest to continue it instead)")
-    for path in stale:
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def checkpoint_filters(accelerator, trainable_only: Callable[[str], bool] | None) -> tuple[dict, dict]:

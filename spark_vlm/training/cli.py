@@ -5,7 +5,8 @@ import argparse
 import sys
 
 from .config import ConfigError, load_config
-from .run import SetupError, train
+from .errors import SetupError
+from .run import train
 
 
 def run_cli(config_cls, build_stage, doc: str, argv=None) -> int:

@@ -1,9 +1,13 @@
 """The optimisation loop both stages share: gradient accumulation, clipping, logging, periodic evaluation,
 atomic checkpoints and exact resume.
 
-One pass of `train_loop` reads top to bottom: for each batch of the epoch, a micro-step (forward, backward,
-optimiser step when the accumulation window closes); when a whole optimiser step is done, log it, then evaluate
-and save on their cadence. The stage-specific parts (loss, evaluation, export) come from `run.stage`.
+One pass of `train_loop` reads top to bottom: for each batch of the epoch, a micro-step (forward, backward);
+when the accumulation window closes, the update (clip, optimiser step), then log it, evaluate and save on their
+cadence. The stage-specific parts (loss, evaluation, export) come from `run.stage`.
+
+Non-finite guard: a window with a non-finite loss (checked before backward) or gradient norm skips its update;
+the skip is counted and logged with the window's sample ids, `train.max_nonfinite_skips` consecutive skips stop
+the run (one line, exit 2), and nothing is saved or exported while any weight is non-finite.
 """
 from __future__ import annotations
 
@@ -16,7 +20,8 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import checkpoint_filters, load_checkpoint, resolve_resume, save_checkpoint, start_fresh
+from .checkpoint import checkpoint_filters, list_checkpoints, load_checkpoint, save_checkpoint
+from .errors import SetupError
 from .run_logging import MetricsLogger
 from .sections import TrainConfig
 from .throughput import Throughput
@@ -46,33 +51,61 @@ class LoopState:
     step: int = 0  # optimiser steps done
     epoch: int = 0
     batches_into_epoch: int = 0  # loader batches of the current epoch already consumed (for exact resume)
+    nonfinite_skipped: int = 0  # updates skipped for a non-finite loss or gradient norm, over the whole run
+    consecutive_skips: int = 0
 
 
-def train_loop(run: Run, resume: str | None = None) -> tuple[LoopState, dict]:
-    """Run until `train.max_steps` optimiser steps (or the time limit). Returns the state and the final eval."""
+def train_loop(run: Run, ckpt: Path | None = None) -> tuple[LoopState, dict]:
+    """Run until `train.max_steps` optimiser steps (or the time limit), from the checkpoint `ckpt` if given.
+    Returns the state and the final eval."""
     accelerator, train = run.accelerator, run.train
     save_kwargs, load_kwargs = checkpoint_filters(accelerator, run.stage.trainable_only)
-    state = start_or_resume(run, resume, load_kwargs)
+    state = LoopState() if ckpt is None else resume_from(run, ckpt, load_kwargs)
     logger = MetricsLogger(run.run_dir, enabled=accelerator.is_main_process,
                            resumed_step=state.step if state.step else None)
     pbar = tqdm(total=train.max_steps, initial=state.step, disable=not accelerator.is_main_process, desc="train",
                 dynamic_ncols=True)
+    try:  # closed on every exit, so that a stopping run's error line is the last thing printed
+        run_steps(run, state, logger, pbar, save_kwargs)
+        pbar.close()
+        result = evaluate(run, state.step, logger)
+        save(run, state, save_kwargs)
+    finally:
+        pbar.close()
+        logger.close()
+    return state, result
+
+
+def run_steps(run: Run, state: LoopState, logger: MetricsLogger, pbar, save_kwargs: dict) -> None:
+    """Optimiser steps until `train.max_steps` or the time limit, evaluating and saving on their cadence."""
+    accelerator, train = run.accelerator, run.train
     started = time.time()
     micro_losses: list[dict] = []  # the scalars of each micro-batch of the current optimiser step
+    window_ids: list = []  # their sample ids, named in the log if the update is skipped
+    window_finite = True
     run.model.train()
     done = state.step >= train.max_steps
     while not done:
         for batch in epoch_batches(run, state):
-            micro_losses.append(micro_step(run, batch))
+            scalars, finite = micro_step(run, batch)
+            micro_losses.append(scalars)
+            window_ids.append(batch.get("ids") if isinstance(batch, dict) else None)
+            window_finite = window_finite and finite
             state.batches_into_epoch += 1
             run.throughput.update(batch_size_of(batch) * accelerator.num_processes)
             if not accelerator.sync_gradients:
                 continue
-            record = finish_step(run, state, micro_losses)
-            micro_losses = []
+            grad_norm, skipped = update(run, window_finite)
+            record = finish_step(run, state, micro_losses, grad_norm, skipped, window_ids)
+            micro_losses, window_ids, window_finite = [], [], True
             logger.log(record, state.step)
-            pbar.set_postfix({k: f"{record[k]:.3g}" for k in ("loss", "samples_per_s", "mfu") if k in record})
+            pbar.set_postfix({k: f"{record[k]:.3g}" for k in ("loss", "samples_per_s", "mfu")
+                              if isinstance(record.get(k), float)})
             pbar.update(1)
+            if state.consecutive_skips >= train.max_nonfinite_skips:
+                raise SetupError(f"{state.consecutive_skips} consecutive non-finite steps (the last at step "
+                                 f"{state.step}, sample ids {record.get('skipped_ids')}); stopping. "
+                                 f"{last_checkpoint_note(run.run_dir)}")
             out_of_time = time_is_up(accelerator, started, train.time_limit_minutes)
             done = state.step >= train.max_steps or out_of_time
             if done:
@@ -86,28 +119,14 @@ def train_loop(run: Run, resume: str | None = None) -> tuple[LoopState, dict]:
         else:  # the epoch ran out before max_steps
             state.epoch += 1
             state.batches_into_epoch = 0
-    pbar.close()
-    result = evaluate(run, state.step, logger)
-    save(run, state, save_kwargs)
-    logger.close()
-    return state, result
 
 
-def start_or_resume(run: Run, resume: str | None, load_kwargs: dict) -> LoopState:
-    """Restore the newest/named checkpoint, or start a new history in the run directory."""
-    accelerator = run.accelerator
-    accelerator.register_for_checkpointing(run.scheduler)
-    ckpt = resolve_resume(run.run_dir, resume)
-    if ckpt is None and accelerator.is_main_process:
-        start_fresh(run.run_dir)
-    accelerator.wait_for_everyone()
-    if ckpt is None:
-        if resume not in (None, "latest"):
-            raise FileNotFoundError(f"--resume {resume}: nothing to resume")
-        return LoopState()
-    saved = load_checkpoint(accelerator, ckpt, **load_kwargs)
-    accelerator.print(f"resumed from {ckpt} at step {saved['step']}")
-    return LoopState(saved["step"], saved["epoch"], saved["batches_into_epoch"])
+def resume_from(run: Run, ckpt: Path, load_kwargs: dict) -> LoopState:
+    """Restore the full training state of a verified checkpoint (the schedule comes from its JSON state)."""
+    saved = load_checkpoint(run.accelerator, ckpt, **load_kwargs)
+    run.scheduler.load_state_dict(saved["scheduler"])
+    run.accelerator.print(f"resumed from {ckpt} at step {saved['step']}")
+    return LoopState(saved["step"], saved["epoch"], saved["batches_into_epoch"], saved["nonfinite_skipped"])
 
 
 def epoch_batches(run: Run, state: LoopState):
@@ -122,32 +141,74 @@ def epoch_batches(run: Run, state: LoopState):
     return loader
 
 
-def micro_step(run: Run, batch) -> dict[str, torch.Tensor]:
-    """Forward and backward one micro-batch; the optimiser steps only when the accumulation window closes
-    (Accelerate turns `optimizer.step` into a no-op before that). Returns the micro-batch's scalars."""
+def micro_step(run: Run, batch) -> tuple[dict[str, torch.Tensor], bool]:
+    """Forward one micro-batch and, if its loss is finite on every rank, backward (inside `accumulate`, so that
+    DDP syncs gradients only when the window closes). Returns the micro-batch's scalars and that verdict; all
+    ranks agree on it, so no rank is left waiting in a collective of a backward the others skipped."""
     accelerator = run.accelerator
     with accelerator.accumulate(run.model):
         out = run.stage.loss(run.model, batch)
-        accelerator.backward(out["loss"])
-        if accelerator.sync_gradients and run.grad_clip:
-            accelerator.clip_grad_norm_(run.model.parameters(), run.grad_clip)
+        finite = agreed_finite(accelerator, out["loss"].detach())
+        if finite:
+            # Under DeepSpeed, Accelerate's backward also steps the engine (which skips fp16 overflows with its
+            # own loss scaler); the guard can then only skip a window whose loss is already non-finite, and with
+            # grad_accum_steps > 1 a skipped micro-step shifts DeepSpeed's accumulation boundary.
+            accelerator.backward(out["loss"])
+    return {k: v.detach().float() for k, v in out.items() if torch.is_tensor(v) and v.ndim == 0}, finite
+
+
+def update(run: Run, loss_finite: bool) -> tuple[float, bool]:
+    """Close the accumulation window: clip (the norm is computed even without clipping), then step unless the
+    loss or the gradient norm is non-finite. Returns the global gradient norm (nan when the loss already was
+    non-finite) and whether the update was skipped. The norm is taken over gradients already summed across
+    ranks, so every rank makes the same decision."""
+    accelerator = run.accelerator
+    grad_norm = math.nan
+    if loss_finite:
+        norm = accelerator.clip_grad_norm_(run.model.parameters(), run.grad_clip or math.inf)
+        grad_norm = math.nan if norm is None else float(norm)  # None: a DeepSpeed engine that has not stepped
+    # With fp16's GradScaler an inf gradient is routine: its step skips the update and lowers the scale.
+    scaler_handles_it = accelerator.scaler is not None or accelerator.state.deepspeed_plugin is not None
+    skipped = not (loss_finite and (math.isfinite(grad_norm) or scaler_handles_it))
+    if not skipped:
         run.optimizer.step()
-        run.optimizer.zero_grad(set_to_none=True)
-    return {k: v.detach().float() for k, v in out.items() if torch.is_tensor(v) and v.ndim == 0}
+    run.optimizer.zero_grad(set_to_none=True)
+    return grad_norm, skipped
 
 
-def finish_step(run: Run, state: LoopState, micro_losses: list[dict]) -> dict:
-    """Count a completed optimiser step; returns its log record (scalars averaged over micro-batches and ranks)."""
+def finish_step(run: Run, state: LoopState, micro_losses: list[dict], grad_norm: float, skipped: bool,
+                window_ids: list) -> dict:
+    """Count an optimiser step (skipped or not: the schedule stays in optimiser steps); returns its log record
+    (scalars averaged over micro-batches and ranks; a non-finite one is logged as null)."""
     run.scheduler.step()
     state.step += 1
     means = {k: torch.stack([m[k] for m in micro_losses]).mean() for k in micro_losses[0]}
     means = {k: run.accelerator.reduce(v, reduction="mean").item() for k, v in means.items()}
-    if not all(math.isfinite(v) for v in means.values()):
-        raise FloatingPointError(f"non-finite loss at step {state.step}: {means}")
-    record = {**means, "lr": run.scheduler.get_last_lr()[0]}
+    record = {k: (v if math.isfinite(v) else None) for k, v in means.items()}
+    record.update(grad_norm=grad_norm if math.isfinite(grad_norm) else None, lr=run.scheduler.get_last_lr()[0])
+    state.consecutive_skips = state.consecutive_skips + 1 if skipped else 0
+    if skipped:
+        state.nonfinite_skipped += 1
+        record.update(nonfinite_skipped=state.nonfinite_skipped, skipped_ids=gathered_ids(run.accelerator, window_ids))
+        run.accelerator.print(f"step {state.step}: non-finite loss or gradient norm, update skipped "
+                              f"({state.nonfinite_skipped} so far; sample ids {record['skipped_ids']})")
     if state.step % run.train.log_every == 0 or state.step == 1:
         record.update(run.throughput.read())
     return record
+
+
+def agreed_finite(accelerator, value: torch.Tensor) -> bool:
+    """Whether `value` is finite on every rank."""
+    bad = torch.tensor(float(not torch.isfinite(value).all()), device=accelerator.device)
+    return bool(accelerator.reduce(bad, reduction="sum").item() == 0)
+
+
+def gathered_ids(accelerator, window_ids: list) -> list | None:
+    """The sample ids of a window's micro-batches on every rank (None when the batches carry no ids)."""
+    if any(ids is None for ids in window_ids):
+        return None
+    ids = torch.cat([torch.as_tensor(i, device=accelerator.device) for i in window_ids])
+    return accelerator.gather(ids).tolist()
 
 
 def time_is_up(accelerator, started: float, limit_minutes: float | None) -> bool:
@@ -168,12 +229,32 @@ def evaluate(run: Run, step: int, logger: MetricsLogger) -> dict:
 
 
 def save(run: Run, state: LoopState, save_kwargs: dict) -> None:
-    """A full checkpoint for `--resume`, then the stage's loadable export of the current weights."""
+    """A full checkpoint for `--resume`, then the stage's loadable export of the current weights; refused (the
+    run stops, the last checkpoint stays) if any weight is non-finite."""
+    if bad := nonfinite_weights(run.accelerator, run.model):
+        raise SetupError(f"step {state.step}: {len(bad)} weight tensor(s) are non-finite (first: {bad[0]}); "
+                         f"not saving a checkpoint or export. {last_checkpoint_note(run.run_dir)}")
     save_checkpoint(run.accelerator, run.run_dir, state.step,
                     {"epoch": state.epoch, "batches_into_epoch": state.batches_into_epoch,
+                     "nonfinite_skipped": state.nonfinite_skipped, "scheduler": run.scheduler.state_dict(),
                      **({"frozen": run.stage.frozen} if run.stage.frozen is not None else {})},
                     keep=run.train.keep_checkpoints, **save_kwargs)
     run.stage.export(run.accelerator, run.model, run.run_dir)
+
+
+def nonfinite_weights(accelerator, model: torch.nn.Module) -> list[str]:
+    """Names of this rank's parameters holding inf/nan; non-empty on every rank if any rank has one (ZeRO-3
+    holds only a shard per rank)."""
+    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p.detach()).all()]
+    if agreed_finite(accelerator, torch.tensor(math.inf if bad else 0.0)):
+        return []
+    return bad or ["on another rank"]
+
+
+def last_checkpoint_note(run_dir: Path) -> str:
+    found = list_checkpoints(run_dir)
+    return (f"The last checkpoint is {found[-1]} (--resume latest)." if found else
+            "No checkpoint was written yet.")
 
 
 def batch_size_of(batch) -> int:

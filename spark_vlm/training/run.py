@@ -1,7 +1,8 @@
 """The training run both stages share, written once:
 
-  accelerator, seed -> the stage's pieces (model, data, loss, evaluation, FLOPs, export) -> run directory +
-  config.yaml -> optimiser, schedule, DataLoader -> torch.compile -> accelerate.prepare -> peak FLOP/s ->
+  accelerator -> lock the run directory -> the checkpoint to resume (verified) -> seed -> the stage's pieces
+  (model, data, loss, evaluation, FLOPs, export) -> a fresh run clears the old run's artefacts -> config.yaml ->
+  optimiser, schedule, DataLoader -> torch.compile -> accelerate.prepare -> peak FLOP/s ->
   train_loop -> eval_results.json + summary
 
 A stage is a function `build(cfg, accelerator) -> Stage`; see stage1.py and stage2.py.
@@ -19,14 +20,12 @@ import torch
 
 from .checkpoint import frozen_mismatch, resolve_resume
 from .config import save_config
+from .errors import SetupError
 from .loop import Run, train_loop
 from .optim import build_optimizer, cosine_schedule
+from .run_dir import run_dir_lock, start_fresh
 from .sections import TrainConfig
 from .throughput import Throughput, measure_peak_flops, resolve_precision
-
-
-class SetupError(RuntimeError):
-    """A problem the user fixes with a command (e.g. "run stage 1 first"): one line, exit 2, no traceback."""
 
 
 @dataclass
@@ -46,21 +45,29 @@ class Stage:
 
 def train(cfg, build: Callable[[object, object], Stage], resume: str | None = None) -> dict:
     """Train one stage with the experiment config `cfg` (its `train` and `optim` sections drive the run)."""
-    from accelerate.utils import set_seed
-
     t = cfg.train
     # `auto` becomes what runs here, so config.yaml records the precision actually used.
     t.precision = resolve_precision(t.precision, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     accelerator = make_accelerator(t)
+    with run_dir_lock(Path(t.output_dir), accelerator.is_main_process):
+        return train_locked(cfg, build, resume, accelerator)
+
+
+def train_locked(cfg, build, resume: str | None, accelerator) -> dict:
+    from accelerate.utils import set_seed
+
+    t = cfg.train
+    run_dir = Path(t.output_dir)
+    ckpt = resolve_resume(run_dir, resume, say=accelerator.print)
     set_seed(t.seed)
     stage = build(cfg, accelerator)
-    ckpt = resolve_resume(t.output_dir, resume)
     if ckpt is not None and (problem := frozen_mismatch(ckpt, stage.frozen)):
         raise SetupError(problem)
-    run_dir = Path(t.output_dir)
     if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        if ckpt is None:
+            start_fresh(run_dir)
         save_config(cfg, run_dir / "config.yaml")
+    accelerator.wait_for_everyone()
 
     model = stage.model
     if t.grad_checkpointing:
@@ -86,7 +93,7 @@ def train(cfg, build: Callable[[object, object], Stage], resume: str | None = No
                       f"{peak / 1e12:.2f} TFLOP/s ({'configured' if t.peak_tflops else 'measured matmul'})")
     run = Run(accelerator, model, optimizer, scheduler, loader, stage, t, cfg.optim.grad_clip, run_dir,
               Throughput(stage.flops_per_sample, peak))
-    state, result = train_loop(run, resume)
+    state, result = train_loop(run, ckpt)
     finish(accelerator, run_dir, state.step, result, stage.summary(state.step, result))
     return result
 

@@ -48,9 +48,10 @@ class TrainConfig:
     cpu_threads: int | None = None  # CPU only: torch threads per process; null = the cores / local processes
     peak_tflops: float | None = None  # device peak for MFU; null = measure a matmul at start
     time_limit_minutes: float | None = None  # stop early (and save) when the wall clock runs out
+    max_nonfinite_skips: int = 10  # this many consecutive updates skipped for a non-finite loss/grad norm stop the run
 
     def validate(self, prefix: str) -> None:
-        for key in ("batch_size", "grad_accum_steps", "max_steps", "log_every"):
+        for key in ("batch_size", "grad_accum_steps", "max_steps", "log_every", "max_nonfinite_skips"):
             value = getattr(self, key)
             check(value > 0, f"{prefix}{key}", f"must be > 0, got {value}")
         for key in ("eval_every", "save_every", "keep_checkpoints", "num_workers", "seed"):

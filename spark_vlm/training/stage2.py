@@ -26,7 +26,8 @@ from ..data.stage2 import stage2_arrays, stage2_datasets
 from ..models import flamingo_io
 from ..models.flamingo import SparkFlamingo, UnsupportedLMError
 from ..models.oracle_vision import OracleVision, OracleVisionConfig
-from .run import SetupError, Stage
+from .errors import SetupError
+from .run import Stage
 from .stage2_config import Stage2Config
 from .stage2_eval import (caption_losses, distinct_caption_share, gate_values, model_dtype,
                           text_only_caption_loss)
