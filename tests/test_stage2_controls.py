@@ -73,3 +73,25 @@ def test_at_initialisation_the_captioner_reads_image_as_the_lms_start_token(fami
     out = caption_losses(model, data, prompts, torch.device("cpu"), batch_size=4)
     text_only = text_only_caption_loss(str(tmp_path), data, prompts)
     assert 0 <= out["val_caption_loss"] - text_only < 0.01
+
+
+def test_gate_learning_rate_multiplier_reaches_only_the_gates():
+    from spark_vlm.training.config import ConfigError, load_config
+    from spark_vlm.training.optim import build_optimizer
+    from spark_vlm.training.stage2_config import Stage2Config
+
+    model = make_model()
+    gates = {id(p) for n, p in model.named_parameters() if n.endswith(("attn_gate", "ff_gate"))}
+    optimizer = build_optimizer(model, 1e-3, 0.1, lr_mult=lambda n: 30.0 if n.endswith(("attn_gate", "ff_gate"))
+                                else 1.0)
+    seen = [id(p) for group in optimizer.param_groups for p in group["params"]]
+    assert sorted(seen) == sorted(id(p) for p in model.trainable_parameters())  # each trainable tensor once
+    for group in optimizer.param_groups:
+        is_gate = {id(p) in gates for p in group["params"]}
+        assert len(is_gate) == 1
+        assert group["lr"] == pytest.approx(3e-2 if is_gate == {True} else 1e-3)
+        assert group["weight_decay"] == (0.1 if all(p.ndim >= 2 for p in group["params"]) else 0.0)
+    assert len(gates) == 4
+    assert load_config(Stage2Config, None, ["optim.gate_lr_mult=10"]).optim.gate_lr_mult == 10
+    with pytest.raises(ConfigError, match="optim.gate_lr_mult: must be > 0"):
+        load_config(Stage2Config, None, ["optim.gate_lr_mult=0"])

@@ -2,26 +2,29 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(model: torch.nn.Module, weight_decay: float, lr: float,
+                 lr_mult: Callable[[str], float] | None = None) -> list[dict]:
     """Decay only tensors with >= 2 dims (weights, embeddings), as open_clip does; biases, LayerNorm gains
-    and the temperature are left alone (decaying them has no regularising meaning)."""
-    decay, no_decay = [], []
-    for p in model.parameters():
+    and the temperature are left alone (decaying them has no regularising meaning). `lr_mult(name)` scales a
+    parameter's learning rate (stage 2's gates); one group per (decay, multiplier)."""
+    groups: dict[tuple[bool, float], list] = {}
+    for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (decay if p.ndim >= 2 else no_decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+        key = (p.ndim >= 2, lr_mult(name) if lr_mult else 1.0)
+        groups.setdefault(key, []).append(p)
+    return [{"params": params, "weight_decay": weight_decay if decay else 0.0, "lr": lr * mult}
+            for (decay, mult), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))]
 
 
-def build_optimizer(model, lr: float, weight_decay: float, betas=(0.9, 0.98), eps: float = 1e-6):
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=tuple(betas), eps=eps)
+def build_optimizer(model, lr: float, weight_decay: float, betas=(0.9, 0.98), eps: float = 1e-6,
+                    lr_mult: Callable[[str], float] | None = None):
+    return torch.optim.AdamW(param_groups(model, weight_decay, lr, lr_mult), lr=lr, betas=tuple(betas), eps=eps)
 
 
 def cosine_schedule(optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0):

@@ -41,6 +41,7 @@ class Stage:
     summary: Callable[[int, dict], str]  # (final step, final evaluation) -> what the user reads at the end
     trainable_only: Callable[[str], bool] | None = None  # checkpoints keep only these parameters
     frozen: dict[str, dict] | None = None  # {part: {"source", "sha256"}} of weights that checkpoints leave out
+    lr_mult: Callable[[str], float] | None = None  # parameter name -> learning-rate multiplier (default 1)
 
 
 def train(cfg, build: Callable[[object, object], Stage], resume: str | None = None) -> dict:
@@ -72,7 +73,8 @@ def train_locked(cfg, build, resume: str | None, accelerator) -> dict:
     model = stage.model
     if t.grad_checkpointing:
         model.activation_checkpointing_enable()
-    optimizer = build_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.betas, cfg.optim.eps)
+    optimizer = build_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.betas, cfg.optim.eps,
+                                stage.lr_mult)
     scheduler = cosine_schedule(optimizer, cfg.optim.warmup_steps, t.max_steps, cfg.optim.min_lr_ratio)
     streaming = isinstance(stage.train_data, torch.utils.data.IterableDataset)
     loader = torch.utils.data.DataLoader(stage.train_data, batch_size=t.batch_size, shuffle=not streaming,

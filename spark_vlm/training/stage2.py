@@ -208,4 +208,5 @@ def build_stage2(cfg: Stage2Config, accelerator) -> Stage:
         summary=summary,
         trainable_only=SparkFlamingo.is_trainable_name,
         frozen={part: manifest[part] for part in flamingo_io.FROZEN_PARTS},
+        lr_mult=lambda name: cfg.optim.gate_lr_mult if name.endswith(("attn_gate", "ff_gate")) else 1.0,
     )

@@ -65,8 +65,19 @@ def _stage2_train() -> TrainConfig:
     return TrainConfig(output_dir="runs/stage2", batch_size=32, max_steps=1000, eval_every=250, save_every=250)
 
 
-def _stage2_optim() -> OptimConfig:
-    return OptimConfig(warmup_steps=50)
+@dataclass
+class Stage2OptimConfig(OptimConfig):
+    # The tanh gates are single scalars starting at 0; Adam moves each by about lr per step, so over a short run
+    # they can barely open. This multiplies their learning rate only (1 = every trainable tensor alike).
+    gate_lr_mult: float = 1.0
+
+    def validate(self, prefix: str) -> None:
+        super().validate(prefix)
+        check(self.gate_lr_mult > 0, f"{prefix}gate_lr_mult", f"must be > 0, got {self.gate_lr_mult}")
+
+
+def _stage2_optim() -> Stage2OptimConfig:
+    return Stage2OptimConfig(warmup_steps=50)
 
 
 @dataclass
@@ -77,7 +88,7 @@ class Stage2Config:
     model: FlamingoModelConfig = field(default_factory=FlamingoModelConfig)
     lm: LMConfig = field(default_factory=LMConfig)
     data: Stage2DataConfig = field(default_factory=Stage2DataConfig)
-    optim: OptimConfig = field(default_factory=_stage2_optim)
+    optim: Stage2OptimConfig = field(default_factory=_stage2_optim)
     train: TrainConfig = field(default_factory=_stage2_train)
 
     def validate(self, prefix: str = "") -> None:
