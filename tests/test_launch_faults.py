@@ -83,3 +83,30 @@ def test_a_killed_launcher_or_rank_leaves_no_rank_running(tmp_path, victim):
                 pass
         launcher.wait()
         log.close()
+
+
+@pytest.mark.parametrize("processes", [["--num_processes", "1"], ["--multi_gpu", "--num_processes", "2"]])
+def test_launch_wrapper_keeps_one_error_line_and_exit_code_2(tmp_path, processes):
+    """`accelerate launch` itself would add a CalledProcessError / ChildFailedError report (~30 lines) and exit 1."""
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "spark_vlm.launch", *processes, "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "stage1_pretrain/train.py"),
+                           "train.batch_size=0", f"train.output_dir={tmp_path / 'x'}"],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines() == ["config error: train.batch_size: must be > 0, got 0"], proc.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_launch_wrapper_names_a_crashed_rank_in_one_line(tmp_path):
+    script = tmp_path / "crash.py"
+    script.write_text("import os, sys\nsys.exit(3 if os.environ['RANK'] == '1' else 0)\n")
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "spark_vlm.launch", "--multi_gpu", "--num_processes", "2",
+                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script)],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert proc.returncode == 3
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: rank 1 (pid ") and lines[-1].endswith(") failed with exit code 3 (its output "
+                                                                              "is above)"), proc.stderr
+    assert "Traceback" not in proc.stderr

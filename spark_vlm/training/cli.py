@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .config import ConfigError, load_config
@@ -22,7 +23,8 @@ def run_cli(config_cls, build_stage, doc: str, argv=None) -> int:
     try:
         cfg = load_config(config_cls, args.config, args.overrides)
     except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # every rank reads the same config: one line, not one per rank
+            print(f"config error: {e}", file=sys.stderr)
         return 2
     try:
         train(cfg, build_stage, resume=args.resume)
