@@ -205,7 +205,8 @@ def test_classification_cli(files, stage1_run, data):
     argv = ["--checkpoint", stage1_run, "--image-dir", str(tree), "--out", str(files / "out.json"),
             "--templates", *data.draw(TEMPLATES), "--batch-size", str(data.draw(st.integers(-1, 3)))]
     if data.draw(st.booleans()):
-        (tree.parent / "names.txt").write_bytes(data.draw(st.binary(max_size=12) | st.text(max_size=20).map(str.encode)))
+        names = data.draw(st.binary(max_size=12) | st.text(max_size=20).map(str.encode))
+        (tree.parent / "names.txt").write_bytes(names)
         argv += ["--class-names", str(tree.parent / "names.txt")]
     succeeds_or_one_error_line(cli("classification"), argv + data.draw(st.sampled_from([[], ["--strict"]])))
 
@@ -234,7 +235,8 @@ def test_segmentation_cli(files, stage1_run, data):
     argv = ["--checkpoint", stage1_run, "--voc-root", str(root), "--split", "val", "--out", str(files / "out.json"),
             "--num-images", str(data.draw(st.integers(-1, 3))), "--batch-size", str(data.draw(st.integers(-1, 3)))]
     if data.draw(st.booleans()):
-        argv += ["--class-names", data.draw(st.sampled_from(["", ",", "cat", "cat,,dog", "a,b,c"]) | st.text(max_size=6))]
+        argv += ["--class-names", data.draw(st.sampled_from(["", ",", "cat", "cat,,dog", "a,b,c"])
+                                            | st.text(max_size=6))]
     if data.draw(st.booleans()):
         argv += ["--templates", *data.draw(TEMPLATES)]
     succeeds_or_one_error_line(cli("segmentation"), argv + data.draw(st.sampled_from([[], ["--strict"]])))
@@ -270,3 +272,44 @@ def test_caption_cli(files, data):
     if data.draw(st.booleans()):
         argv += ["--shots-from", str(bad)]
     succeeds_or_one_error_line(cli("caption"), argv)
+
+
+SUGARCREPE = {"0": {"filename": "a.png", "caption": "a dog on a couch", "negative_caption": "a couch on a dog"},
+              "1": {"filename": "b.png", "caption": "a red bus", "negative_caption": "a blue bus"}}
+MMVP_CSV = "Question ID,Type,Statement\n1,color,a red bus\n2,color,a blue bus\n"
+
+
+@pytest.mark.slow  # loads a stage-1 run per example
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.sampled_from(["sugarcrepe", "mmvp", "probes", "grounding"]), data=st.data())
+def test_other_stage1_clis(files, stage1_run, name, data):
+    """SugarCrepe's per-type JSON, MMVP's Questions.csv (text, bytes, rows with missing images), the probes'
+    COCO files, and the numeric options of the scene-only grounding."""
+    out = ["--checkpoint", stage1_run, "--out", str(files / f"{name}.json")]
+    batch = ["--batch-size", str(data.draw(st.integers(-1, 3)))]
+    if name == "sugarcrepe":
+        root = fresh_dir(files, "sc")
+        root.joinpath(data.draw(st.sampled_from(["add_obj.json", "swap_att.json", "other.json"]))).write_bytes(
+            data.draw(content(SUGARCREPE)))
+        argv = out + batch + ["--data-dir", str(root), "--image-dir", str(files / "images")]
+    elif name == "mmvp":
+        root = fresh_dir(files, "mmvp")
+        (root / "MLLM_VLM Images" / "color").mkdir(parents=True)
+        for qid in data.draw(st.lists(st.sampled_from(["1", "2"]), max_size=2)):
+            (root / "MLLM_VLM Images" / "color" / f"{qid}.jpg").write_bytes(image_bytes(data.draw))
+        csv = data.draw(st.just(MMVP_CSV) | st.text(max_size=30) | st.sampled_from(
+            [MMVP_CSV + "3,color,odd one out\n", MMVP_CSV.replace("Type", "Kind"), "Question ID,Type,Statement\n"]))
+        raw = csv.encode() if data.draw(st.booleans()) else data.draw(st.binary(max_size=9))
+        (root / "Questions.csv").write_bytes(raw)
+        argv = out + batch + ["--data-dir", str(root)]
+    elif name == "probes":
+        bad = files / "bad_probes.json"
+        which = data.draw(st.sampled_from(["--instances", "--annotations"]))
+        bad.write_bytes(data.draw(content(INSTANCES if which == "--instances" else CAPTIONS)))
+        paths = {"--instances": str(files / "instances.json"), "--annotations": str(files / "captions.json"),
+                 which: str(bad)}
+        argv = out + batch + [k for pair in paths.items() for k in pair]
+        argv += ["--image-dir", str(files / "images"), "--num-images", str(data.draw(st.integers(-1, 3)))]
+    else:
+        return succeeds_or_one_error_line(cli(name), out + batch + ["--num-images", str(data.draw(st.integers(-1, 3)))])
+    succeeds_or_one_error_line(cli(name), argv + data.draw(st.sampled_from([[], ["--strict"]])))
