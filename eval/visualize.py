@@ -31,7 +31,7 @@ def main(argv=None) -> None:
     parser.add_argument("--caption", help="the caption to align (required with --image)")
     parser.add_argument("--out", required=True, help="PNG to write")
     args = parser.parse_args(argv)
-    if args.image and not args.caption:
+    if args.image and args.caption is None:  # an empty caption is bad input: one `error:` line below
         parser.error("--caption is required with --image")
 
     try:

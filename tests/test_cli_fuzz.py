@@ -168,3 +168,148 @@ def test_stage1_caption_clis(files, stage1_run, name, data):
     succeeds_or_one_error_line(cli(name), ["--checkpoint", stage1_run, "--annotations", str(files / "bad_captions.json"),
                                            "--image-dir", str(files / "images"), "--out", str(files / "out.json")]
                                + data.draw(st.sampled_from([[], ["--strict"]])))
+
+
+NAMES = st.text(st.characters(blacklist_characters="/\x00", blacklist_categories=("Cs",)), min_size=1,
+                max_size=5).filter(lambda s: s not in (".", ".."))
+TEMPLATES = st.lists(st.sampled_from(["a {}", "{}", "{} {}", "imagenet80", "clip7", "{0}", "{x}", "{", "}", ""])
+                     | st.text(max_size=6), min_size=1, max_size=3)
+
+
+def image_bytes(draw) -> bytes:
+    """A valid PNG (odd sizes included), or bytes that are not one."""
+    if draw(st.booleans()):
+        buf = io.BytesIO()
+        size = (draw(st.integers(1, 20)), draw(st.integers(1, 20)))
+        Image.fromarray(np.zeros((size[1], size[0], 3), np.uint8)).save(buf, format="PNG")
+        return buf.getvalue()
+    return draw(st.binary(max_size=16))
+
+
+def fresh_dir(files, name: str) -> Path:
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix=name, dir=files))
+
+
+@pytest.mark.slow  # loads a stage-1 run per example
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_classification_cli(files, stage1_run, data):
+    """A class tree of fuzzed folder names and image bytes, a fuzzed class-name file, templates and batch size."""
+    tree = fresh_dir(files, "cls")
+    for name in data.draw(st.lists(NAMES, max_size=3, unique_by=str.lower)):
+        (tree / name).mkdir(exist_ok=True)
+        for k in range(data.draw(st.integers(0, 2))):
+            (tree / name / f"{k}.png").write_bytes(image_bytes(data.draw))
+    argv = ["--checkpoint", stage1_run, "--image-dir", str(tree), "--out", str(files / "out.json"),
+            "--templates", *data.draw(TEMPLATES), "--batch-size", str(data.draw(st.integers(-1, 3)))]
+    if data.draw(st.booleans()):
+        names = data.draw(st.binary(max_size=12) | st.text(max_size=20).map(str.encode))
+        (tree.parent / "names.txt").write_bytes(names)
+        argv += ["--class-names", str(tree.parent / "names.txt")]
+    succeeds_or_one_error_line(cli("classification"), argv + data.draw(st.sampled_from([[], ["--strict"]])))
+
+
+@pytest.mark.slow  # loads a stage-1 run per example
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_segmentation_cli(files, stage1_run, data):
+    """A VOC layout with a fuzzed split list, images and masks (valid palette PNGs, other PNGs, junk), class names."""
+    root = fresh_dir(files, "voc")
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / sub).mkdir(parents=True)
+    names = data.draw(st.lists(st.sampled_from(["a", "b", "c", "../x", " ", "é"]), max_size=3))
+    split = data.draw(st.sampled_from(["val", "train"]))
+    listing = "\n".join(names).encode() if data.draw(st.booleans()) else data.draw(st.binary(max_size=8))
+    (root / "ImageSets/Segmentation" / f"{split}.txt").write_bytes(listing)
+    for name in {"a", "b"}:
+        if data.draw(st.booleans()):
+            (root / "JPEGImages" / f"{name}.jpg").write_bytes(image_bytes(data.draw))
+        if data.draw(st.booleans()):
+            mask = np.asarray(data.draw(st.lists(st.sampled_from([0, 1, 2, 255, 40]), min_size=12, max_size=12)),
+                              np.uint8).reshape(3, 4)
+            png = Image.fromarray(mask, mode="P")
+            png.putpalette([v for i in range(256) for v in (i, i, i)])
+            png.save(root / "SegmentationClass" / f"{name}.png")
+    argv = ["--checkpoint", stage1_run, "--voc-root", str(root), "--split", "val", "--out", str(files / "out.json"),
+            "--num-images", str(data.draw(st.integers(-1, 3))), "--batch-size", str(data.draw(st.integers(-1, 3)))]
+    if data.draw(st.booleans()):
+        argv += ["--class-names", data.draw(st.sampled_from(["", ",", "cat", "cat,,dog", "a,b,c"])
+                                            | st.text(max_size=6))]
+    if data.draw(st.booleans()):
+        argv += ["--templates", *data.draw(TEMPLATES)]
+    succeeds_or_one_error_line(cli("segmentation"), argv + data.draw(st.sampled_from([[], ["--strict"]])))
+
+
+@pytest.mark.slow  # loads a stage-1 run per example
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_visualize_cli(files, stage1_run, data):
+    if data.draw(st.booleans()):
+        image = fresh_dir(files, "vis") / "x.png"
+        image.write_bytes(image_bytes(data.draw))
+        source = ["--image", str(image), "--caption", data.draw(st.text(max_size=12))]  # argparse: both or neither
+    else:
+        source = ["--scene-index", str(data.draw(st.integers(-2, 3) | st.integers(10**9, 10**12)))]
+        source += data.draw(st.sampled_from([[], ["--caption", data.draw(st.text(max_size=12))]]))
+    succeeds_or_one_error_line(cli("visualize"), ["--checkpoint", stage1_run, "--out", str(files / "vis.png")]
+                               + source)
+
+
+@FUZZ
+@given(data=st.data())
+def test_caption_cli(files, data):
+    """Annotations / few-shot source fuzzed, and the numeric options; the checkpoint is no stage-2 run, so a valid
+    input ends in that error line."""
+    bad = files / "bad_caption_annotations.json"
+    bad.write_bytes(data.draw(content(CAPTIONS)))
+    argv = ["--checkpoint", str(files), "--image-dir", str(files / "images"), "--out", str(files / "caps.json"),
+            "--annotations", str(bad if data.draw(st.booleans()) else files / "captions.json")]
+    for flag in ("--shots", "--limit", "--batch-size", "--max-new-tokens", "--num-beams"):
+        if data.draw(st.booleans()):
+            argv += [flag, str(data.draw(st.integers(-1, 3)))]
+    if data.draw(st.booleans()):
+        argv += ["--shots-from", str(bad)]
+    succeeds_or_one_error_line(cli("caption"), argv)
+
+
+SUGARCREPE = {"0": {"filename": "a.png", "caption": "a dog on a couch", "negative_caption": "a couch on a dog"},
+              "1": {"filename": "b.png", "caption": "a red bus", "negative_caption": "a blue bus"}}
+MMVP_CSV = "Question ID,Type,Statement\n1,color,a red bus\n2,color,a blue bus\n"
+
+
+@pytest.mark.slow  # loads a stage-1 run per example
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.sampled_from(["sugarcrepe", "mmvp", "probes", "grounding"]), data=st.data())
+def test_other_stage1_clis(files, stage1_run, name, data):
+    """SugarCrepe's per-type JSON, MMVP's Questions.csv (text, bytes, rows with missing images), the probes'
+    COCO files, and the numeric options of the scene-only grounding."""
+    out = ["--checkpoint", stage1_run, "--out", str(files / f"{name}.json")]
+    batch = ["--batch-size", str(data.draw(st.integers(-1, 3)))]
+    if name == "sugarcrepe":
+        root = fresh_dir(files, "sc")
+        root.joinpath(data.draw(st.sampled_from(["add_obj.json", "swap_att.json", "other.json"]))).write_bytes(
+            data.draw(content(SUGARCREPE)))
+        argv = out + batch + ["--data-dir", str(root), "--image-dir", str(files / "images")]
+    elif name == "mmvp":
+        root = fresh_dir(files, "mmvp")
+        (root / "MLLM_VLM Images" / "color").mkdir(parents=True)
+        for qid in data.draw(st.lists(st.sampled_from(["1", "2"]), max_size=2)):
+            (root / "MLLM_VLM Images" / "color" / f"{qid}.jpg").write_bytes(image_bytes(data.draw))
+        csv = data.draw(st.just(MMVP_CSV) | st.text(max_size=30) | st.sampled_from(
+            [MMVP_CSV + "3,color,odd one out\n", MMVP_CSV.replace("Type", "Kind"), "Question ID,Type,Statement\n"]))
+        raw = csv.encode() if data.draw(st.booleans()) else data.draw(st.binary(max_size=9))
+        (root / "Questions.csv").write_bytes(raw)
+        argv = out + batch + ["--data-dir", str(root)]
+    elif name == "probes":
+        bad = files / "bad_probes.json"
+        which = data.draw(st.sampled_from(["--instances", "--annotations"]))
+        bad.write_bytes(data.draw(content(INSTANCES if which == "--instances" else CAPTIONS)))
+        paths = {"--instances": str(files / "instances.json"), "--annotations": str(files / "captions.json"),
+                 which: str(bad)}
+        argv = out + batch + [k for pair in paths.items() for k in pair]
+        argv += ["--image-dir", str(files / "images"), "--num-images", str(data.draw(st.integers(-1, 3)))]
+    else:
+        return succeeds_or_one_error_line(cli(name), out + batch + ["--num-images", str(data.draw(st.integers(-1, 3)))])
+    succeeds_or_one_error_line(cli(name), argv + data.draw(st.sampled_from([[], ["--strict"]])))

@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from spark_vlm.training.config import ConfigError, load_config, to_dict
 from spark_vlm.training.stage1_config import Stage1Config
@@ -139,3 +140,27 @@ def test_overriding_one_key_keeps_the_stage_defaults_of_its_section():
     assert cfg.train.batch_size == default.train.batch_size == 32
     assert cfg.optim.warmup_steps == default.optim.warmup_steps == 50
     assert cfg.optim.lr == pytest.approx(5e-4)
+
+
+@pytest.mark.parametrize("stage", ["stage1", "stage2"])
+def test_scenes_smaller_than_one_batch_are_a_config_error(stage, monkeypatch):
+    from spark_vlm.training.stage2_config import Stage2Config
+
+    cls = Stage1Config if stage == "stage1" else Stage2Config
+    with pytest.raises(ConfigError, match=r"^data.num_train: 4 training samples give no full batch of "
+                                          r"train.batch_size=8; need at least 8$"):
+        load_config(cls, None, ["data.num_train=4", "train.batch_size=8"])
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as under `accelerate launch --num_processes 2`
+    with pytest.raises(ConfigError, match="give no full batch of train.batch_size=8 on each of 2 processes; need "
+                                          "at least 16"):
+        load_config(cls, None, ["data.num_train=12", "train.batch_size=8"])
+    monkeypatch.delenv("WORLD_SIZE")
+    assert load_config(cls, None, ["data.num_train=8", "train.batch_size=8"]).data.num_train == 8
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is refused only without CUDA")
+def test_fp16_without_cuda_is_refused():
+    # Accelerate would accept it and train in plain fp32 while config.yaml says fp16.
+    with pytest.raises(ConfigError, match="train.precision: fp16 needs a CUDA device"):
+        load_config(Stage1Config, None, ["train.precision=fp16"])
+    assert load_config(Stage1Config, None, ["train.precision=bf16"]).train.precision == "bf16"

@@ -31,7 +31,7 @@ class ToyPairs(torch.utils.data.Dataset):
         return {"x": self.x[i], "y": self.x[i].sum(0, keepdim=True), "ids": 100 + i}
 
 
-def toy_stage(poison=lambda model, batch, call: None, weights: list | None = None):
+def toy_stage(poison=lambda model, batch, call: None, weights: list | None = None, data=ToyPairs):
     """A linear model fitting a sum. `poison(model, batch, call)` returns "loss" or "grad" to make this call's
     loss (or only its gradient) non-finite; `weights` collects the weight seen at every call."""
     calls = []
@@ -55,7 +55,7 @@ def toy_stage(poison=lambda model, batch, call: None, weights: list | None = Non
         save_file({k: v.contiguous() for k, v in unwrapped.state_dict().items()}, str(run_dir / "model.safetensors"))
 
     def build(cfg, accelerator) -> Stage:
-        return Stage(model=torch.nn.Linear(4, 1), train_data=ToyPairs(), loss=loss,
+        return Stage(model=torch.nn.Linear(4, 1), train_data=data(), loss=loss,
                      evaluate=lambda m: {"weight_norm": m.weight.norm().item()}, flops_per_sample=8.0,
                      export=export, summary=lambda step, result: f"toy done at step {step}")
     return build
@@ -244,3 +244,19 @@ def test_a_fresh_run_removes_the_previous_runs_artefacts(tmp_path, capsys):
     assert left.isdisjoint({"model.safetensors", "eval_results.json", "trainable.safetensors", "manifest.json"})
     assert {"notes.txt", "config.yaml", "metrics.jsonl"} <= left  # not ours: kept
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_00000001"]  # this run's own
+
+
+class ThreeStreamed(torch.utils.data.IterableDataset):  # e.g. webdataset shards with fewer samples than a batch
+    def __iter__(self):
+        return iter(ToyPairs()[i] for i in range(3))
+
+
+@pytest.mark.parametrize("data, message", [
+    (ToyPairs, "error: the training data has 32 samples, fewer than one batch (train.batch_size=64 x 1 process(es))"),
+    (ThreeStreamed, "error: epoch 0 of the training data gave no full batch of train.batch_size=64"),
+])
+def test_data_smaller_than_one_batch_stops_in_one_line_instead_of_looping(tmp_path, capsys, data, message):
+    # drop_last leaves such an epoch empty: the loop used to start epoch after epoch forever
+    assert cli(toy_stage(data=data), tmp_path, "train.max_steps=2", "train.batch_size=64") == 2
+    assert error_line(capsys).startswith(message)
+    assert not (tmp_path / "metrics.jsonl").exists() or not train_records(tmp_path)

@@ -250,7 +250,7 @@ def test_object_questions_are_true_and_balanced(tmp_path):
     from spark_vlm.training.stage2_config import Stage2Config
 
     d = load_config(Stage2Config, None, ["data.num_train=20", "data.num_val=2", "data.object_questions=2",
-                                         f"data.cache_dir={tmp_path}"]).data
+                                         "train.batch_size=4", f"data.cache_dir={tmp_path}"]).data
     (_, captions, _), _ = stage2_arrays(d, 32)
     scenes = cached_scenes("train", 20, 32, cache_dir=str(tmp_path))
     for i, caps in enumerate(captions):

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .config import ConfigError, load_config
 from .errors import SetupError
 from .run import train
+from .watchdog import die_with_parent, in_multiprocess_launch
 
 
 def run_cli(config_cls, build_stage, doc: str, argv=None) -> int:
@@ -16,10 +18,13 @@ def run_cli(config_cls, build_stage, doc: str, argv=None) -> int:
     parser.add_argument("--resume", help="'latest' or a checkpoint directory")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.batch_size=64")
     args = parser.parse_args(argv)
+    if in_multiprocess_launch():  # a killed launcher must not leave this rank training on as an orphan
+        die_with_parent()
     try:
         cfg = load_config(config_cls, args.config, args.overrides)
     except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # every rank reads the same config: one line, not one per rank
+            print(f"config error: {e}", file=sys.stderr)
         return 2
     try:
         train(cfg, build_stage, resume=args.resume)

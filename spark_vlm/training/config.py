@@ -16,7 +16,7 @@ from typing import Literal, get_args, get_origin
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, InterpolationResolutionError, OmegaConfBaseException
 
 
 class ConfigError(ValueError):
@@ -77,36 +77,46 @@ def _read_yaml(path: str | Path) -> DictConfig:
         raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
+    except OSError as e:  # OmegaConf's word for a top-level scalar ("Invalid loaded object type: int"), or unreadable
+        raise ConfigError(f"{path}: cannot read it as a config ({e})") from None
     if not isinstance(loaded, DictConfig):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     return loaded
 
 
 def _parse_overrides(overrides: list[str]) -> DictConfig:
+    parsed = []
     for text in overrides:
         key = text.split("=", 1)[0]
         if "=" not in text:
             raise ConfigError(f"override {text!r} is not of the form key=value")
         if not key or any(not part for part in key.split(".")):
             raise ConfigError(f"override {text!r} has an empty key")
-    try:
-        return OmegaConf.from_dotlist(list(overrides))
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"cannot parse the overrides ({' '.join(str(e).split())})") from None
+        try:  # one at a time, so that the error names the token
+            parsed.append(OmegaConf.from_dotlist([text]))
+        except (OmegaConfBaseException, yaml.YAMLError) as e:  # the value is read as YAML: `[`, control characters
+            raise ConfigError(f"cannot parse the override {text!r} ({' '.join(str(e).split())})") from None
+    return OmegaConf.merge(*parsed) if parsed else OmegaConf.create({})
 
 
 def _named_error(e: OmegaConfBaseException, cls, given: DictConfig) -> ConfigError:
     """OmegaConf's multi-line error -> one line in this project's words, naming the key."""
     key = e.full_key or ""
     parent, _, name = key.rpartition(".")
+    shown = key if key.isprintable() else repr(key)  # a key with a newline must not break the one line
     if isinstance(e, ConfigKeyError):
         valid = [f.name for f in dataclasses.fields(_field_type(cls, parent))]
-        return ConfigError(f"{key}: unknown key (valid keys: {', '.join(sorted(valid))})")
+        return ConfigError(f"{shown}: unknown key (valid keys: {', '.join(sorted(valid))})")
+    if isinstance(e, InterpolationResolutionError):
+        return ConfigError(f"{shown}: {str(e).splitlines()[0]}")
     if not key:  # OmegaConf names no key when a value replaces a whole section
         key = _value_for_section(cls, given)
         if key is None:
             return ConfigError(str(e).splitlines()[0])
-    got = OmegaConf.select(given, key, default=None, throw_on_missing=False)
+    try:
+        got = OmegaConf.select(given, key, default=None, throw_on_missing=False)
+    except OmegaConfBaseException:  # e.g. `loss=${train.batch_size}`: the interpolation resolves only in the merge
+        got = None
     return ConfigError(f"{key}: {_expected(_field_type(cls, key))}, got {got!r}")
 
 

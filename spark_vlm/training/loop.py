@@ -86,6 +86,7 @@ def run_steps(run: Run, state: LoopState, logger: MetricsLogger, pbar, save_kwar
     run.model.train()
     done = state.step >= train.max_steps
     while not done:
+        fresh_epoch = state.batches_into_epoch == 0
         for batch in epoch_batches(run, state):
             scalars, finite = micro_step(run, batch)
             micro_losses.append(scalars)
@@ -117,6 +118,9 @@ def run_steps(run: Run, state: LoopState, logger: MetricsLogger, pbar, save_kwar
             if train.save_every and state.step % train.save_every == 0:
                 save(run, state, save_kwargs)
         else:  # the epoch ran out before max_steps
+            if fresh_epoch and state.batches_into_epoch == 0:  # e.g. streamed shards smaller than one batch
+                raise SetupError(f"epoch {state.epoch} of the training data gave no full batch of "
+                                 f"train.batch_size={train.batch_size}; lower it or add data")
             state.epoch += 1
             state.batches_into_epoch = 0
 

@@ -77,6 +77,10 @@ def train_locked(cfg, build, resume: str | None, accelerator) -> dict:
                                 stage.lr_mult)
     scheduler = cosine_schedule(optimizer, cfg.optim.warmup_steps, t.max_steps, cfg.optim.min_lr_ratio)
     streaming = isinstance(stage.train_data, torch.utils.data.IterableDataset)
+    if not streaming and len(stage.train_data) < t.batch_size * accelerator.num_processes:  # real data, now counted
+        raise SetupError(f"the training data has {len(stage.train_data)} samples, fewer than one batch "
+                         f"(train.batch_size={t.batch_size} x {accelerator.num_processes} process(es)); lower "
+                         f"train.batch_size or add data")
     loader = torch.utils.data.DataLoader(stage.train_data, batch_size=t.batch_size, shuffle=not streaming,
                                          drop_last=True, num_workers=t.num_workers)
     deepspeed_from_config(accelerator, cfg.optim.grad_clip)

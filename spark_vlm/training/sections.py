@@ -1,6 +1,7 @@
 """Config sections both trainers share: the optimiser and the training loop."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -65,6 +66,19 @@ class TrainConfig:
               f"must be > 0 or null, got {self.peak_tflops}")
         check(self.time_limit_minutes is None or self.time_limit_minutes > 0, f"{prefix}time_limit_minutes",
               f"must be > 0 or null, got {self.time_limit_minutes}")
+        import torch
+
+        # On CPU, Accelerate's fp16 silently trains in plain fp32 (no autocast, no loss scaling).
+        check(self.precision != "fp16" or torch.cuda.is_available(), f"{prefix}precision",
+              "fp16 needs a CUDA device (on CPU it would silently run as fp32); use bf16 or fp32")
+
+    def check_one_batch(self, num_samples: int, key: str) -> None:
+        """With `drop_last`, fewer samples than one batch on every process would leave each epoch empty."""
+        processes = int(os.environ.get("WORLD_SIZE", "1"))  # set by `accelerate launch` before this runs
+        need = self.batch_size * processes
+        check(num_samples >= need, key, f"{num_samples} training samples give no full batch of train.batch_size="
+              f"{self.batch_size}" + (f" on each of {processes} processes" if processes > 1 else "")
+              + f"; need at least {need}")
 
 
 @dataclass

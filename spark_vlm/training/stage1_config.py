@@ -81,3 +81,5 @@ class Stage1Config:
         check(self.lambda_fine >= 0, "lambda_fine", f"must be >= 0, got {self.lambda_fine}")
         check(self.lambda_global + self.lambda_fine > 0, "lambda_fine", "lambda_global and lambda_fine are both 0")
         check(self.train.batch_size > 1, "train.batch_size", "contrastive losses need a batch of at least 2")
+        if self.data.kind == "scenes":  # real data is counted when it is read (run.py)
+            self.train.check_one_batch(self.data.num_train, "data.num_train")

@@ -93,6 +93,7 @@ class Stage2Config:
 
     def validate(self, prefix: str = "") -> None:
         check(bool(self.vision_checkpoint), "vision_checkpoint", "must name the stage-1 run directory")
+        self.train.check_one_batch(self.data.num_train, "data.num_train")
         # Refused rather than crashing mid-run: inductor fails on the captioner ("Attempting to broadcast a
         # dimension of length ...", torch 2.13 CPU); stage 1 compiles fine.
         check(not self.train.compile, "train.compile", "is not supported in stage 2 yet (torch.compile fails on the "
