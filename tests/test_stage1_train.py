@@ -103,6 +103,41 @@ def test_resume_in_place_logs_every_step_once(tmp_path):
     assert {r["step"]: r["loss"] for r in train_records} == pytest.approx(before, rel=1e-5)
 
 
+def test_sigkill_then_resume_latest_matches_an_uninterrupted_run(tmp_path):
+    """A real `kill -9` mid-run (after a checkpoint, with steps logged past it), then `--resume latest` in the same
+    directory: every step is logged once, the per-step losses and the final weights equal an uninterrupted run's."""
+    import signal
+    import time
+
+    common = TINY + ["train.eval_every=0", "train.save_every=4", "train.max_steps=40", "train.keep_checkpoints=2"]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert run(common + [f"train.output_dir={straight}"], tmp_path).returncode == 0
+    env = {**os.environ, "SPARK_VLM_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, SCRIPT, *common, f"train.output_dir={killed}"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:  # wait for a checkpoint and a step logged past it
+        saved = list((killed / "checkpoints").glob("step_*")) if (killed / "checkpoints").is_dir() else []
+        logged = (killed / "metrics.jsonl").read_text().count("\n") if (killed / "metrics.jsonl").exists() else 0
+        if saved and logged > 4 * len(saved) + 1:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed; make it longer"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    resumed = run(common + [f"train.output_dir={killed}", "--resume", "latest"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout
+    steps = [r["step"] for r in records(killed) if r.get("kind") is None]
+    assert steps == list(range(1, 41))
+    losses = {r["step"]: r["loss"] for r in records(killed) if r.get("kind") is None}
+    expected = {r["step"]: r["loss"] for r in records(straight) if r.get("kind") is None}
+    assert losses == pytest.approx(expected, rel=1e-5)
+    a, b = load_file(straight / "model.safetensors"), load_file(killed / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
 def test_resume_latest_picks_the_newest_complete_checkpoint(tmp_path):
     out = tmp_path / "run"
     common = TINY + ["train.eval_every=0", "train.save_every=2", f"train.output_dir={out}"]
