@@ -47,6 +47,10 @@ def test_overrides_apply_with_types():
     (["lambda_fine=nan"], "lambda_fine: must be a finite number"),
     (["optim.betas=[0.9, .inf]"], "optim.betas: must be a finite number"),
     (["train.seed=99999999999"], "train.seed: must be < 2**32"),
+    (["fine_cross_images=-1"], "fine_cross_images: must be in [0, train.batch_size=128), got -1"),
+    (["fine_cross_images=4", "train.batch_size=4"], "fine_cross_images: must be in [0, train.batch_size=4)"),
+    (["fine_content_tokens_only=sometimes"], "fine_content_tokens_only: expected true/false"),
+    (["loss=clip", "fine_centre_positions=true"], "loss: the fine_* options change SPARK's fine-grained loss"),
 ])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError) as err:

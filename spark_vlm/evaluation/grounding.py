@@ -27,15 +27,14 @@ import yaml
 
 from ..data.images import to_pixel_values
 from ..data.scene_vocab import COLORS, PLURALS, WORD_TO_SHAPE
+from ..data.tokenizer import WORD_BOUNDARY
 from ..losses import sparc_alignment, sparc_fine_grained_loss
 from ..metrics.grounding import mass_in_mask, patch_coverage, pointing_hit, uniform_baseline
-from .alignment import token_names
 from .data import builtin_scenes, scene_images
 from .report import Report
 from .stage1_run import device, load_stage1_run
 
 _SINGULAR = {plural: word for word, plural in PLURALS.items()}
-_BOUNDARY = ("▁", "Ġ")  # SentencePiece and byte-level BPE mark the start of a word
 
 
 def named_objects(word: str, objects: list[dict]) -> tuple[str, list[dict]] | None:
@@ -52,8 +51,8 @@ def words_of(pieces: list[str]) -> list[tuple[str, list[int]]]:
     """Group token pieces into words: [(word, token positions)], the word lower-cased without punctuation."""
     words: list[tuple[str, list[int]]] = []
     for i, piece in enumerate(pieces):
-        starts = piece.startswith(_BOUNDARY) or not words
-        text = piece.lstrip("".join(_BOUNDARY))
+        starts = piece.startswith(WORD_BOUNDARY) or not words
+        text = piece.lstrip("".join(WORD_BOUNDARY))
         if starts:
             words.append((text, [i]))
         else:
@@ -73,7 +72,7 @@ def _embed(model, tokenizer, scenes: list[dict], batch_size: int):
         enc = tokenizer(scene["captions"], model.config.max_text_len)
         ids, mask = enc["input_ids"].to(device()), enc["attention_mask"].to(device())
         tokens, token_mask = model.token_embeddings(ids, mask)
-        pieces = [token_names(tokenizer, row[: int(m.sum())].tolist()) for row, m in zip(ids.cpu(), mask.cpu())]
+        pieces = [tokenizer.pieces(row[: int(m.sum())].tolist()) for row, m in zip(ids.cpu(), mask.cpu())]
         captions.append((tokens.float().cpu(), token_mask.cpu(), pieces))
     return torch.cat(patches), captions
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..data.content_tokens import FunctionTokens
 from ..data.images import to_pixel_values
 from ..data.stage1 import build_stage1_data
 from ..losses import clip_loss, filip_loss, sparc_loss
@@ -25,8 +26,10 @@ from .stage1_eval import evaluate_stage1, held_out_truth
 from .throughput import transformer_train_flops
 
 
-def stage1_loss(cfg: Stage1Config, model, batch: dict) -> dict[str, torch.Tensor]:
-    """One micro-batch through the model and the configured objective."""
+def stage1_loss(cfg: Stage1Config, model, batch: dict, function_tokens: FunctionTokens | None = None
+                ) -> dict[str, torch.Tensor]:
+    """One micro-batch through the model and the configured objective (`function_tokens` is needed with
+    fine_content_tokens_only)."""
     device = next(model.parameters()).device
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}  # no-op for prepared loaders
     px = to_pixel_values(batch["images"])
@@ -35,8 +38,13 @@ def stage1_loss(cfg: Stage1Config, model, batch: dict) -> dict[str, torch.Tensor
         return {"loss": clip_loss(out.image_embeds, out.text_embeds, out.logit_scale)}
     if cfg.loss == "filip":
         return {"loss": filip_loss(out.patch_embeds, out.token_embeds, out.token_mask, out.logit_scale)}
+    fine_mask = None
+    if cfg.fine_content_tokens_only:
+        fine_mask = out.token_mask & function_tokens.content_mask(batch["input_ids"], batch["attention_mask"])
     return sparc_loss(out.image_embeds, out.text_embeds, out.patch_embeds, out.token_embeds, out.token_mask,
-                      out.logit_scale, lambda_global=cfg.lambda_global, lambda_fine=cfg.lambda_fine)
+                      out.logit_scale, lambda_global=cfg.lambda_global, lambda_fine=cfg.lambda_fine,
+                      fine_mask=fine_mask, cross_images=cfg.fine_cross_images,
+                      centre_positions=cfg.fine_centre_positions)
 
 
 def flops_per_sample(model: SparkModel) -> float:
@@ -75,6 +83,7 @@ def build_stage1(cfg: Stage1Config, accelerator) -> Stage:
                       f"precision {cfg.train.precision} (accelerate: {accelerator.mixed_precision}), "
                       f"{accelerator.num_processes} process(es)")
     run_dir = Path(cfg.train.output_dir)
+    function_tokens = FunctionTokens(tokenizer) if cfg.fine_content_tokens_only else None
 
     def summary(step: int, result: dict) -> str:
         truth_line = "" if truth is None else (
@@ -97,7 +106,7 @@ def build_stage1(cfg: Stage1Config, accelerator) -> Stage:
     return Stage(
         model=model,
         train_data=train_data,
-        loss=lambda m, batch: stage1_loss(cfg, m, batch),
+        loss=lambda m, batch: stage1_loss(cfg, m, batch, function_tokens),
         evaluate=lambda m: evaluate_stage1(m, val_data, accelerator.device, truth=truth),
         flops_per_sample=flops_per_sample(model),
         export=lambda acc, m, out_dir: export_model(acc, m, tokenizer, out_dir),
