@@ -162,3 +162,35 @@ def test_content_mask_on_a_trained_sentencepiece(tmp_path):
     pieces = tok.pieces(enc["input_ids"][0][enc["attention_mask"][0]].tolist())
     words = "".join(p for p, m in zip(pieces, mask[0].tolist()) if m).replace("▁", " ").split()
     assert words == ["two", "red", "circles", "blue", "star"]
+
+
+def test_config_keys_reach_the_loss():
+    """stage1_loss passes each fine_* key to sparc_loss; the content mask comes from the batch's token ids."""
+    from spark_vlm.data.images import to_pixel_values
+    from spark_vlm.models.dual_encoder import SparkConfig, SparkModel
+    from spark_vlm.training.config import load_config
+    from spark_vlm.training.stage1 import stage1_loss
+    from spark_vlm.training.stage1_config import Stage1Config
+
+    vocab = ["<pad>", "▁a", "▁red", "▁circle", "▁of", ",", "▁two", "▁stars"]
+    torch.manual_seed(0)
+    model = SparkModel(SparkConfig(image_size=16, patch_size=8, vision_width=16, vision_layers=1, vision_heads=2,
+                                   vocab_size=len(vocab), max_text_len=6, text_width=16, text_layers=1,
+                                   text_heads=2, embed_dim=8)).eval()
+    ids = torch.tensor([[1, 2, 3, 0, 0, 0], [6, 2, 7, 4, 1, 3], [1, 3, 5, 6, 7, 0]])
+    batch = {"images": torch.randint(0, 256, (3, 16, 16, 3), dtype=torch.uint8), "input_ids": ids,
+             "attention_mask": ids != 0}
+    function_tokens = FunctionTokens(_Pieces(vocab))
+    cfg = load_config(Stage1Config, None, ["fine_cross_images=2", "fine_content_tokens_only=true",
+                                           "fine_centre_positions=true"])
+    with torch.no_grad():
+        got = stage1_loss(cfg, model, batch, function_tokens)
+        out = model(to_pixel_values(batch["images"]), ids, ids != 0)
+        content = torch.tensor([[0, 1, 1, 0, 0, 0], [1, 1, 1, 0, 0, 1], [0, 1, 0, 1, 1, 0]], dtype=torch.bool)
+        want = sparc_loss(out.image_embeds, out.text_embeds, out.patch_embeds, out.token_embeds, out.token_mask,
+                          out.logit_scale, fine_mask=content, cross_images=2, centre_positions=True)
+        paper = stage1_loss(load_config(Stage1Config, None, []), model, batch)
+    for key in ("loss", "global_loss", "fine_loss"):
+        torch.testing.assert_close(got[key], want[key])
+    torch.testing.assert_close(paper["global_loss"], want["global_loss"])
+    assert abs(paper["fine_loss"] - got["fine_loss"]) > 1e-3

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from spark_vlm.evaluation.grounding import named_objects, words_of
+from spark_vlm.metrics.grounding import named_objects, words_of
 from spark_vlm.losses import sparc_alignment
 from spark_vlm.metrics.grounding import mass_in_mask, patch_coverage, pointing_hit, uniform_baseline
 

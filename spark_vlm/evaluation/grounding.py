@@ -26,39 +26,11 @@ import torch
 import yaml
 
 from ..data.images import to_pixel_values
-from ..data.scene_vocab import COLORS, PLURALS, WORD_TO_SHAPE
-from ..data.tokenizer import WORD_BOUNDARY
 from ..losses import sparc_alignment, sparc_fine_grained_loss
-from ..metrics.grounding import mass_in_mask, patch_coverage, pointing_hit, uniform_baseline
+from ..metrics.grounding import mass_in_mask, named_words, pointing_hit, uniform_baseline
 from .data import builtin_scenes, scene_images
 from .report import Report
 from .stage1_run import device, load_stage1_run
-
-_SINGULAR = {plural: word for word, plural in PLURALS.items()}
-
-
-def named_objects(word: str, objects: list[dict]) -> tuple[str, list[dict]] | None:
-    """("shape" | "colour", the objects of the scene that `word` names), or None for any other word."""
-    shape = WORD_TO_SHAPE.get(word) or WORD_TO_SHAPE.get(_SINGULAR.get(word, ""))
-    if shape:
-        return "shape", [o for o in objects if o["shape"] == shape]
-    if word in COLORS:
-        return "colour", [o for o in objects if o["color"] == word]
-    return None
-
-
-def words_of(pieces: list[str]) -> list[tuple[str, list[int]]]:
-    """Group token pieces into words: [(word, token positions)], the word lower-cased without punctuation."""
-    words: list[tuple[str, list[int]]] = []
-    for i, piece in enumerate(pieces):
-        starts = piece.startswith(WORD_BOUNDARY) or not words
-        text = piece.lstrip("".join(WORD_BOUNDARY))
-        if starts:
-            words.append((text, [i]))
-        else:
-            words[-1] = (words[-1][0] + text, words[-1][1] + [i])
-    return [("".join(c for c in w.lower() if c.isalnum()), idx) for w, idx in words]
-
 
 @torch.no_grad()
 def _embed(model, tokenizer, scenes: list[dict], batch_size: int):
@@ -112,12 +84,7 @@ def grounding_report(checkpoint, num_images: int = 500, batch_size: int = 64) ->
                                          tokens, token_mask)[1].numpy()
                    for name, p in readouts.items()}  # each [C, L, P]
         for c, caption_pieces in enumerate(pieces):
-            for word, positions in words_of(caption_pieces):
-                named = named_objects(word, scene["objects"])
-                if named is None or not named[1]:
-                    continue
-                kind, objects = named
-                coverage = patch_coverage(np.any([o["mask"] for o in objects], axis=0), grid)
+            for kind, positions, coverage in named_words(caption_pieces, scene["objects"], grid):
                 for key in ("all", kind):
                     for name, w in weights.items():
                         word_weights = w[c, positions].mean(0)

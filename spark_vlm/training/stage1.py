@@ -22,7 +22,7 @@ from ..losses import clip_loss, filip_loss, sparc_loss
 from ..models import SparkModel
 from .run import Stage
 from .stage1_config import Stage1Config
-from .stage1_eval import evaluate_stage1, held_out_truth
+from .stage1_eval import GROUNDING_SCENES, evaluate_stage1, grounding_set, held_out_truth
 from .throughput import transformer_train_flops
 
 
@@ -84,8 +84,14 @@ def build_stage1(cfg: Stage1Config, accelerator) -> Stage:
                       f"{accelerator.num_processes} process(es)")
     run_dir = Path(cfg.train.output_dir)
     function_tokens = FunctionTokens(tokenizer) if cfg.fine_content_tokens_only else None
+    grounding = grounding_set(cfg.data, val_data, tokenizer, arch.image_size, arch.patch_size)
 
     def summary(step: int, result: dict) -> str:
+        grounding_line = "" if "grounding_mass_in_mask" not in result else (
+            f"grounding ({result['grounding_words']:.0f} shape/colour words of the first {GROUNDING_SCENES} held-out "
+            f"scenes): mass-in-mask {result['grounding_mass_in_mask']:.1f}% (uniform "
+            f"{result['grounding_mass_in_mask_uniform']:.1f}%), pointing {result['grounding_pointing']:.1f}% "
+            f"(uniform {result['grounding_pointing_uniform']:.1f}%)\n")
         truth_line = "" if truth is None else (
             f"scenes: text->image R@1 {result['text_to_image_R@1']:.1f}% of a perfect model's "
             f"{result['text_to_image_R@1_ceiling']:.1f}%; truth-aware (any image the caption is true of) "
@@ -99,7 +105,7 @@ def build_stage1(cfg: Stage1Config, accelerator) -> Stage:
             f"{result['align_entropy']:.2f} nats (uniform {result['align_entropy_uniform']:.2f}); fine loss "
             f"matched {result['fine_loss_matched']:.3f} vs shuffled image {result['fine_loss_shuffled']:.3f} vs blank "
             f"image {result['fine_loss_blank_image']:.3f} vs position code only {result['fine_loss_position_only']:.3f}; "
-            f"position explains {100 * result['position_variance_share']:.0f}% of the patch variance\n"
+            f"position explains {100 * result['position_variance_share']:.0f}% of the patch variance\n{grounding_line}"
             f"model and tokenizer saved to {run_dir}/ (SparkModel.from_pretrained('{run_dir}'))"
         )
 
@@ -107,7 +113,7 @@ def build_stage1(cfg: Stage1Config, accelerator) -> Stage:
         model=model,
         train_data=train_data,
         loss=lambda m, batch: stage1_loss(cfg, m, batch, function_tokens),
-        evaluate=lambda m: evaluate_stage1(m, val_data, accelerator.device, truth=truth),
+        evaluate=lambda m: evaluate_stage1(m, val_data, accelerator.device, truth=truth, grounding=grounding),
         flops_per_sample=flops_per_sample(model),
         export=lambda acc, m, out_dir: export_model(acc, m, tokenizer, out_dir),
         summary=summary,
