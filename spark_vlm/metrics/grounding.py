@@ -1,10 +1,11 @@
 """Words -> regions, scored against ground-truth masks: how much of a word's token-to-patch weight lies on the
 object the word names (mass-in-mask), and whether its heaviest patch touches that object (pointing).
 
-The caption words that name a scene's objects (named_words) are found here too, so the grounding evaluation and the
-periodic stage-1 evaluation score the same words. Both measures are read on the patch grid: a patch counts by the fraction of its pixels inside the object's mask, so small
-objects and patches on an object's edge are scored exactly. Pure functions over arrays; the protocol that makes
-the weights lives in spark_vlm/evaluation/grounding.py.
+Both are read on the patch grid: a patch counts by the fraction of its pixels inside the object's mask, so small
+objects and patches on an object's edge are scored exactly. The caption words that name a scene's objects
+(named_words) are found here too, so the grounding evaluation and the periodic stage-1 evaluation score the
+same words. Pure functions over arrays; the protocol that makes the weights lives in
+spark_vlm/evaluation/grounding.py.
 """
 from __future__ import annotations
 
