@@ -81,7 +81,7 @@ def score_run(run_dir: Path, num_images: int) -> dict[str, float]:
     probes = probes_report(str(run_dir), num_images=num_images).result
     words = grounding["all"]
     scores = {"num_images": num_images, "words": words["words"],
-              **{f"{who}.{measure}": words[f"{who}.{measure}"] for who in ("model", *BASELINES)
+              **{f"{who}.{measure}": words[f"{who}.{measure}"] for who in ("model", "model_centred", *BASELINES)
                  for measure in ("mass_in_mask", "pointing")},
               **grounding["shortcut"],
               "t2i_R@1": retrieval["text_to_image_R@1"], "i2t_R@1": retrieval["image_to_text_R@1"],
@@ -108,9 +108,10 @@ def markdown(scores: dict[str, list[dict]], args) -> str:
              f"{args.num_images} test scenes (mean ± std over seeds)", "",
              "Mass-in-mask and pointing (%) of the shape and colour words' alignment weights on their objects' masks, "
              "beside what ignores the image: uniform weights, the position code alone (the mean patch embeddings), "
-             "a blank grey image; and the difference from CLIP's mean.", "",
-             "| variant | mass-in-mask | uniform / position-only / blank | − CLIP | pointing | "
-             "uniform / position-only / blank | − CLIP |", "|---|---:|---:|---:|---:|---:|---:|"]
+             "a blank grey image; the difference from CLIP's mean; and the model read centred (each patch minus its "
+             "position's mean over the test images).", "",
+             "| variant | mass-in-mask | uniform / position-only / blank | − CLIP | centred | pointing | "
+             "uniform / position-only / blank | − CLIP | centred |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, runs in scores.items():
         row = [name]
         for measure in ("mass_in_mask", "pointing"):
@@ -118,6 +119,7 @@ def markdown(scores: dict[str, list[dict]], args) -> str:
             row.append(" / ".join(f"{mean_std(runs, f'{b}.{measure}')[0]:.1f}" for b in BASELINES))
             row.append(f"{mean_std(runs, f'model.{measure}')[0] - mean_std(clip, f'model.{measure}')[0]:+.1f}"
                        if clip else "-")
+            row.append(cell(runs, f"model_centred.{measure}"))
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "The fine-grained loss L_f with the matched image beside a blank image and the position code alone "
               "(grounding needs matched clearly lower), the share of patch variance that position explains, "

@@ -8,6 +8,8 @@ mass-in-mask and pointing (spark_vlm/metrics/grounding.py). The weights are SPAR
 sparsified at 1/P, L1-renormalised), the same readout for a CLIP, FILIP or SPARK checkpoint, so the three
 objectives are compared on one footing. A word split into several tokens uses the mean of their weights.
 
+The model is read twice: as it is, and centred (each patch embedding minus its position's mean over the evaluated
+images), which shows what lies under a per-position code and is the readout that `fine_centre_positions` trains.
 Beside the model's numbers, what a model that does not look gets:
   uniform        weights 1/P (the object's share of the image; the chance a random patch touches it);
   position-only  the same tokens against the *mean* patch embeddings of the evaluated images (each position's
@@ -76,13 +78,14 @@ def grounding_report(checkpoint, num_images: int = 500, batch_size: int = 64) ->
     position_only = patches.mean(0)  # [P, D]: what every image shares at each position
     blank = _blank_patches(model)
 
-    readouts = {"model": None, "position_only": position_only, "blank_image": blank}
+    centred = patches - position_only  # the model without its position code (what fine_centre_positions trains)
+    readouts = {"model": lambda i: patches[i], "model_centred": lambda i: centred[i],
+                "position_only": lambda i: position_only, "blank_image": lambda i: blank}
     sums: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for i, scene in enumerate(scenes):
         tokens, token_mask, pieces = captions[i]
-        weights = {name: sparc_alignment((patches[i] if p is None else p)[None].expand(len(tokens), -1, -1),
-                                         tokens, token_mask)[1].numpy()
-                   for name, p in readouts.items()}  # each [C, L, P]
+        weights = {name: sparc_alignment(patches_of(i)[None].expand(len(tokens), -1, -1), tokens, token_mask)[1].numpy()
+                   for name, patches_of in readouts.items()}  # each [C, L, P]
         for c, caption_pieces in enumerate(pieces):
             for kind, positions, coverage in named_words(caption_pieces, scene["objects"], grid):
                 for key in ("all", kind):
@@ -101,7 +104,8 @@ def grounding_report(checkpoint, num_images: int = 500, batch_size: int = 64) ->
                        **{name: 100.0 * float(np.mean(v)) for name, v in sorted(values.items())}}
     result["shortcut"] = shortcut_diagnostics(patches, captions, position_only, blank, float(model.logit_scale.detach()))
     rows = [{"words": f"{key} ({result[key]['words']})", "measure": measure,
-             **{name: result[key][f"{name}.{measure}"] for name in ("model", "uniform", "position_only", "blank_image")}}
+             **{name: result[key][f"{name}.{measure}"]
+                for name in ("model", "model_centred", "uniform", "position_only", "blank_image")}}
             for key in ("all", "shape", "colour") if key in result for measure in ("mass_in_mask", "pointing")]
     return Report("Grounding: words -> their objects' masks (%)", result, rows)
 
