@@ -135,12 +135,14 @@ def markdown(scores: dict[str, list[dict]], args) -> str:
     return "\n".join(lines) + "\n"
 
 
-def curves(run_dir: Path) -> tuple[list[int], list[float]]:
-    """(steps, mass-in-mask %) from the periodic evaluation's records, empty when it logged no grounding."""
+def curves(run_dir: Path) -> tuple[list[int], list[float], list[float]]:
+    """(steps, mass-in-mask %, uniform weights' %) from the periodic evaluation's records, empty when it logged no
+    grounding."""
     path = run_dir / "metrics.jsonl"
     records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
     evals = [r for r in records if r.get("kind") == "eval" and "grounding_mass_in_mask" in r]
-    return [r["step"] for r in evals], [r["grounding_mass_in_mask"] for r in evals]
+    return ([r["step"] for r in evals], [r["grounding_mass_in_mask"] for r in evals],
+            [r["grounding_mass_in_mask_uniform"] for r in evals])
 
 
 def plot(scores: dict[str, list[dict]], run_dirs: dict[str, list[Path]], out: Path) -> None:
@@ -150,11 +152,15 @@ def plot(scores: dict[str, list[dict]], run_dirs: dict[str, list[Path]], out: Pa
     import matplotlib.pyplot as plt
 
     fig, (ax_curve, ax_bar) = plt.subplots(1, 2, figsize=(12, 4.5))
+    uniform = []
     for name, dirs in run_dirs.items():
         runs = [curves(d) for d in dirs]
-        if runs and all(steps and steps == runs[0][0] for steps, _ in runs):
-            values = np.array([v for _, v in runs])
+        if runs and all(steps and steps == runs[0][0] for steps, _, _ in runs):
+            values = np.array([v for _, v, _ in runs])
             ax_curve.errorbar(runs[0][0], values.mean(0), yerr=values.std(0), label=name, capsize=3)
+            uniform += [u for _, _, us in runs for u in us]
+    if uniform:  # the same held-out words for every run: one line
+        ax_curve.axhline(np.mean(uniform), color="grey", linestyle=":", label="uniform weights")
     ax_curve.set(xlabel="step", ylabel="mass-in-mask (%), held-out scenes", title="during training")
     if ax_curve.lines:
         ax_curve.legend()
