@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from spark_vlm.training.stage1_config import Stage1Config
+
 REPO = Path(__file__).resolve().parents[1]
 # Named stage-1 config overrides. "sparc" is the paper's loss; the others add one option each, "sparc+all" all three.
 OPTIONS = ["fine_centre_positions=true", "fine_cross_images=4", "fine_content_tokens_only=true"]
@@ -185,8 +187,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="runs/grounding_sweep", help="sweep directory (runs, tables, plot)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per variant")
-    parser.add_argument("--steps", type=int, default=1200, help="optimiser steps (the tiny config's)")
-    parser.add_argument("--batch-size", type=int, default=128)
+    tiny = Stage1Config().train
+    parser.add_argument("--steps", type=int, default=tiny.max_steps, help="optimiser steps (default: the tiny config's)")
+    parser.add_argument("--batch-size", type=int, default=tiny.batch_size, help="default: the tiny config's")
     parser.add_argument("--eval-every", type=int, default=100, help="periodic held-out evaluation (0 = at the end)")
     parser.add_argument("--num-images", type=int, default=500, help="test scenes for the final scores")
     parser.add_argument("--override", nargs="*", default=[], help="extra key=value for every run (e.g. a smaller "
