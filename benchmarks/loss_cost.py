@@ -2,6 +2,7 @@
 
     python benchmarks/loss_cost.py                                  # tiny model, batch 32..512
     python benchmarks/loss_cost.py --preset small --batch-sizes 32 64 128 --out benchmarks/results/small.json
+    python benchmarks/loss_cost.py --batch-sizes 32 --losses clip sparc sparc+centre sparc+cross4 sparc+content
 
 Each (loss, batch size) runs in a fresh subprocess so that its peak memory is its own: on CUDA the
 allocator's max_memory_allocated, on CPU the process's peak RSS during the timed steps minus its RSS before
@@ -23,6 +24,11 @@ import time
 from pathlib import Path
 
 LOSSES = ("clip", "filip", "sparc")
+# SPARK with each fine-grained option of the stage-1 config (losses.sparc_loss keywords). "content" drops a third
+# of the tokens from the fine loss, about the function words' share of the scenes' captions.
+SPARC_VARIANTS = {"sparc+centre": {"centre_positions": True}, "sparc+cross4": {"cross_images": 4},
+                  "sparc+content": {"content_only": True}}
+CHOICES = LOSSES + tuple(SPARC_VARIANTS)
 
 
 def proc_status_kib(field: str) -> int:
@@ -62,8 +68,11 @@ def one_config(preset: str, loss: str, batch_size: int, steps: int, precision: s
             elif loss == "filip":
                 value = filip_loss(out.patch_embeds, out.token_embeds, out.token_mask, out.logit_scale)
             else:
+                options = dict(SPARC_VARIANTS.get(loss, {}))
+                if options.pop("content_only", False):
+                    options["fine_mask"] = out.token_mask & (ids % 3 != 0)
                 value = sparc_loss(out.image_embeds, out.text_embeds, out.patch_embeds, out.token_embeds,
-                                   out.token_mask, out.logit_scale)["loss"]
+                                   out.token_mask, out.logit_scale, **options)["loss"]
         value.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -95,7 +104,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="tiny", choices=["tiny", "small", "base"])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 64, 128, 256, 512])
-    parser.add_argument("--losses", nargs="+", default=list(LOSSES), choices=LOSSES)
+    parser.add_argument("--losses", nargs="+", default=list(LOSSES), choices=CHOICES,
+                        help=f"default: {' '.join(LOSSES)}; SPARK's fine-loss options: {' '.join(SPARC_VARIANTS)}")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per config (after one warm-up)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--out", default="benchmarks/results/loss_cost.json")
@@ -122,7 +132,7 @@ def main() -> None:
                 continue
             row = json.loads(proc.stdout.strip().splitlines()[-1])
             results.append(row)
-            print(f"  {loss:5s} batch {batch:4d}: {row['step_ms']:9.1f} ms/step  {row['peak_mem_mb']:8.1f} MB",
+            print(f"  {loss:13s} batch {batch:4d}: {row['step_ms']:9.1f} ms/step  {row['peak_mem_mb']:8.1f} MB",
                   flush=True)
 
     print_table(results)
@@ -140,7 +150,7 @@ def print_table(results: list[dict]) -> None:
     print("|---:|---|---:|---:|---:|---:|")
     for batch in sorted({b for _, b in by}):
         clip = by.get(("clip", batch))
-        for loss in LOSSES:
+        for loss in CHOICES:
             r = by.get((loss, batch))
             if r is None:
                 continue

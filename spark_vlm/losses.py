@@ -171,15 +171,37 @@ def sparc_alignment(
 
 
 def sparc_fine_grained_loss(
-    patch_embeds: torch.Tensor, token_embeds: torch.Tensor, token_mask: torch.Tensor, logit_scale
+    patch_embeds: torch.Tensor,
+    token_embeds: torch.Tensor,
+    token_mask: torch.Tensor,
+    logit_scale,
+    cross_images: int = 0,
+    centre_positions: bool = False,
 ) -> torch.Tensor:
     """Fine-grained loss (Eq. 6): each token against the grouped embeddings of its *own* caption.
 
     Padded tokens are excluded as anchors (rows) and as negatives (columns). Averaged over each caption's
     real tokens, then over the captions of the batch (captions with no real token are left out).
     Memory is O(B * L * (P + L)); no B x B x L x P tensor is built.
+
+    Two options, both off by default (the paper's loss), both deviations from the paper (docs/sparc_method.md):
+      centre_positions  subtract from every patch embedding its position's mean over the batch's images before
+                        the alignment, so a per-position code that every image shares (and a blank image
+                        reproduces) cannot tell a caption's tokens apart. The mean is over this process's batch.
+      cross_images = K  also contrast each token t_l with the grouped embeddings of the *same* token computed from
+                        the next K images of the batch (cyclically; this process's batch only): in the token ->
+                        grouped direction the negatives are the caption's other grouped embeddings plus these K,
+                        so a token must match its own image's grouping better than other images' groupings
+                        (in the spirit of FILIP/PACL). The grouped -> token direction is unchanged. Memory
+                        O(B * K * L * P).
     """
     mask = token_mask.bool()
+    batch = patch_embeds.shape[0]
+    if not 0 <= cross_images < batch:
+        raise ValueError(f"cross_images must be in [0, batch size {batch}), got {cross_images}")
+    if centre_positions:
+        with torch.autocast(device_type=patch_embeds.device.type, enabled=False):
+            patch_embeds = patch_embeds.float() - patch_embeds.float().mean(dim=0, keepdim=True)
     grouped, _ = sparc_alignment(patch_embeds, token_embeds, mask)
     with torch.autocast(device_type=patch_embeds.device.type, enabled=False):
         c = F.normalize(grouped, dim=-1)
@@ -192,7 +214,13 @@ def sparc_fine_grained_loss(
         col_pad = ~mask[:, None, :]  # [B, 1, L]
         logits_t2c = (scale * torch.bmm(t, c.transpose(1, 2))).masked_fill(col_pad, neg)  # [B, L, L]
         logits_c2t = (scale * torch.bmm(c, t.transpose(1, 2))).masked_fill(col_pad, neg)
-        # The positive of row j is column j: the diagonal of the log-softmax.
+        if cross_images:
+            # Column L + j - 1 of row l: t_l against its grouping over image (i + j) mod B, j = 1..K.
+            others = [F.normalize(sparc_alignment(patch_embeds.roll(-j, dims=0), token_embeds, mask)[0], dim=-1)
+                      for j in range(1, cross_images + 1)]
+            cross = scale * torch.stack([(t * o).sum(-1) for o in others], dim=-1)  # [B, L, K]
+            logits_t2c = torch.cat([logits_t2c, cross], dim=-1)
+        # The positive of row j is column j: the diagonal of the log-softmax (its first L columns).
         nll_t2c = -torch.diagonal(logits_t2c.log_softmax(dim=-1), dim1=1, dim2=2)  # [B, L]
         nll_c2t = -torch.diagonal(logits_c2t.log_softmax(dim=-1), dim1=1, dim2=2)
 
@@ -215,10 +243,18 @@ def sparc_loss(
     logit_scale,
     lambda_global: float = 0.5,
     lambda_fine: float = 1.0,
+    fine_mask: torch.Tensor | None = None,
+    cross_images: int = 0,
+    centre_positions: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Eq. 7: lambda_g * L_global + lambda_f * L_fine. Returns the total and both parts (for logging)."""
+    """Eq. 7: lambda_g * L_global + lambda_f * L_fine. Returns the total and both parts (for logging).
+
+    `fine_mask` [B, L] (default: token_mask) restricts the fine-grained loss to some real tokens, e.g. content
+    words only; the text embeddings and the global loss are unaffected. `cross_images` and `centre_positions`
+    are sparc_fine_grained_loss's options (off by default: the paper's loss)."""
     global_loss = clip_loss(image_embeds, text_embeds, logit_scale)
-    fine_loss = sparc_fine_grained_loss(patch_embeds, token_embeds, token_mask, logit_scale)
+    fine_loss = sparc_fine_grained_loss(patch_embeds, token_embeds, token_mask if fine_mask is None else fine_mask,
+                                        logit_scale, cross_images, centre_positions)
     return {
         "loss": lambda_global * global_loss + lambda_fine * fine_loss,
         "global_loss": global_loss,

@@ -49,6 +49,10 @@ def test_overrides_apply_with_types():
     (["optim.betas=[0.9, .inf]"], "optim.betas: must be a finite number"),
     (["train.seed=99999999999"], "train.seed: must be < 2**32"),
     (["train.max_nonfinite_skips=0"], "train.max_nonfinite_skips: must be > 0"),
+    (["fine_cross_images=-1"], "fine_cross_images: must be in [0, train.batch_size=128), got -1"),
+    (["fine_cross_images=4", "train.batch_size=4"], "fine_cross_images: must be in [0, train.batch_size=4)"),
+    (["fine_content_tokens_only=sometimes"], "fine_content_tokens_only: expected true/false"),
+    (["loss=clip", "fine_centre_positions=true"], "loss: the fine_* options change SPARK's fine-grained loss"),
 ])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError) as err:

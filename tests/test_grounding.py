@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from spark_vlm.evaluation.grounding import named_objects, words_of
+from spark_vlm.metrics.grounding import named_objects, words_of
 from spark_vlm.losses import sparc_alignment
 from spark_vlm.metrics.grounding import mass_in_mask, patch_coverage, pointing_hit, uniform_baseline
 
@@ -88,7 +88,7 @@ def test_cli_reports_model_beside_its_baselines(tmp_path):
     cli.main(["--checkpoint", str(run), "--num-images", "12", "--out", str(out)])
     assert out.read_text() == first  # deterministic
     assert result["all"]["words"] == result["shape"]["words"] + result["colour"]["words"] > 0
-    for name in ("model", "uniform", "position_only", "blank_image"):
+    for name in ("model", "model_centred", "uniform", "position_only", "blank_image"):
         assert 0 <= result["all"][f"{name}.mass_in_mask"] <= 100 and 0 <= result["all"][f"{name}.pointing"] <= 100
     shortcut = result["shortcut"]
     assert 0 <= shortcut["position_variance_share"] <= 1 and 0 < shortcut["patches_kept_frac"] <= 1

@@ -165,3 +165,53 @@ def test_stage1_eval_reports_truth_aware_scores_beside_their_ceilings(tmp_path):
     for kind in kinds:
         assert out[f"{kind}/text_to_image_R@1"] <= 100.0 and out[f"{kind}/truth_R@1_ceiling"] == 100.0
     assert held_out_truth(DataConfig(kind="coco"), 32) is None
+
+
+def test_periodic_grounding_scores_match_the_grounding_protocol(tmp_path):
+    """The periodic evaluation's mass-in-mask and pointing equal a by-hand loop over the same words with
+    spark_vlm.metrics.grounding, and uniform weights score exactly the uniform baseline."""
+    import torch
+
+    from spark_vlm.data.images import to_pixel_values
+    from spark_vlm.data.pairs import CaptionedImages
+    from spark_vlm.data.scenes import cached_scenes
+    from spark_vlm.data.tokenizer import train_sentencepiece
+    from spark_vlm.losses import sparc_alignment
+    from spark_vlm.metrics.grounding import mass_in_mask, named_words, pointing_hit, uniform_baseline
+    from spark_vlm.models.dual_encoder import SparkConfig, SparkModel
+    from spark_vlm.training.stage1_config import DataConfig
+    from spark_vlm.training.stage1_eval import evaluate_stage1, grounding_set
+
+    d = DataConfig(num_val=6, cache_dir=str(tmp_path / "scenes"))
+    val = cached_scenes("val", 6, 32, cache_dir=d.cache_dir)
+    images, captions, ids = val.arrays()
+    tok = train_sentencepiece([c for caps in captions for c in caps], vocab_size=120, cache_dir=tmp_path / "sp")
+    data = CaptionedImages(images, captions, ids, tokenizer=tok, max_len=24)
+    grounding = grounding_set(d, data, tok, 32, 8, num_scenes=4)
+    assert grounding["num_images"] == 4 and grounding["words"]
+    assert all(row < data.offsets[4] for row, _, _ in grounding["words"])
+    assert grounding_set(DataConfig(kind="coco"), data, tok, 32, 8) is None
+    torch.manual_seed(0)
+    model = SparkModel(SparkConfig(image_size=32, patch_size=8, vision_width=32, vision_layers=1, vision_heads=2,
+                                   vocab_size=tok.vocab_size, max_text_len=24, text_width=32, text_layers=1,
+                                   text_heads=2, embed_dim=16)).eval()
+    out = evaluate_stage1(model, data, torch.device("cpu"), grounding=grounding)
+
+    masses, hits, uniform = [], [], []
+    with torch.no_grad():
+        for i in range(4):
+            patches = model.patch_embeddings(to_pixel_values(torch.from_numpy(images[i:i + 1])))
+            for row in range(data.offsets[i], data.offsets[i + 1]):
+                ids_row, mask_row = data.input_ids[row:row + 1], data.attention_mask[row:row + 1]
+                tokens, token_mask = model.token_embeddings(ids_row, mask_row)
+                w = sparc_alignment(patches, tokens, token_mask)[1][0].numpy()
+                for _, positions, coverage in named_words(tok.pieces(ids_row[0][mask_row[0]].tolist()),
+                                                          val[i]["objects"], 4):
+                    masses.append(mass_in_mask(w[positions].mean(0), coverage))
+                    hits.append(pointing_hit(w[positions].mean(0), coverage))
+                    uniform.append(uniform_baseline(coverage))
+    assert out["grounding_words"] == len(masses) == len(grounding["words"])
+    assert out["grounding_mass_in_mask"] == pytest.approx(100 * np.mean(masses), abs=1e-4)
+    assert out["grounding_pointing"] == pytest.approx(100 * np.mean(hits))
+    assert out["grounding_mass_in_mask_uniform"] == pytest.approx(100 * np.mean([u[0] for u in uniform]))
+    assert out["grounding_pointing_uniform"] == pytest.approx(100 * np.mean([u[1] for u in uniform]))

@@ -53,6 +53,8 @@ def test_tiny_run_writes_a_loadable_run_dir(tmp_path, loss):
     assert {"patches_kept_frac", "align_entropy", "fine_loss_matched", "fine_loss_shuffled", "fine_loss_blank_image",
             "fine_loss_position_only", "position_variance_share"} <= set(evals[0])
     assert {"truth_R@1", "truth_R@1_ceiling", "text_to_image_R@1_ceiling", "count/truth_R@1"} <= set(evals[0])
+    assert all(0 <= evals[0][f"grounding_{k}"] <= 100 for k in ("mass_in_mask", "pointing", "mass_in_mask_uniform"))
+    assert evals[0]["grounding_words"] > 0 and "grounding (" in proc.stdout
     if loss == "sparc":
         assert {"global_loss", "fine_loss"} <= set(recs[0])
     model = SparkModel.from_pretrained(out)

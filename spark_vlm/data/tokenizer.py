@@ -15,6 +15,8 @@ import torch
 from .cache import CACHE_ROOT, build_once, content_key
 from .padding import right_pad
 
+WORD_BOUNDARY = ("▁", "Ġ")  # SentencePiece and byte-level BPE mark the start of a word
+
 
 class CaptionTokenizer:
     """Wraps a SentencePiece processor or a Hugging Face tokenizer behind one small interface."""
@@ -66,6 +68,12 @@ class CaptionTokenizer:
     def decode(self, ids: list[int]) -> str:
         ids = [i for i in ids if i != self.pad_id]
         return self.sp.decode(ids) if self.sp is not None else self.hf.decode(ids)
+
+    def pieces(self, ids: list[int]) -> list[str]:
+        """The piece of each id ("▁red"), so sub-word splits and word starts are visible."""
+        if self.sp is not None:
+            return [self.sp.id_to_piece(i) for i in ids]
+        return self.hf.convert_ids_to_tokens(ids)
 
     def __call__(self, texts: list[str], max_len: int) -> dict[str, torch.Tensor]:
         """Batch-encode to `input_ids` [B, max_len] and a bool `attention_mask`; long captions are cut."""

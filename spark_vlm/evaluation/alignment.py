@@ -12,13 +12,6 @@ from ..losses import sparc_alignment
 from .stage1_run import device
 
 
-def token_names(tokenizer, ids: list[int]) -> list[str]:
-    """The tokenizer's piece for each id ("▁red"), so sub-word splits are visible."""
-    if tokenizer.sp is not None:
-        return [tokenizer.sp.id_to_piece(i) for i in ids]
-    return tokenizer.hf.convert_ids_to_tokens(ids)
-
-
 @torch.no_grad()
 def alignment_maps(model, tokenizer, image: np.ndarray, caption: str) -> tuple[torch.Tensor, list[str]]:
     """Per real token of `caption`, its alignment weights over the uint8 image [H, W, 3]: [L, H, W], and the
@@ -32,4 +25,4 @@ def alignment_maps(model, tokenizer, image: np.ndarray, caption: str) -> tuple[t
     side = model.config.image_size // model.config.patch_size
     grid = weights[0, :n].reshape(n, 1, side, side).cpu()
     maps = F.interpolate(grid, size=image.shape[:2], mode="bilinear", align_corners=False)[:, 0]
-    return maps, token_names(tokenizer, ids[0, :n].tolist())
+    return maps, tokenizer.pieces(ids[0, :n].tolist())

@@ -8,6 +8,8 @@ mass-in-mask and pointing (spark_vlm/metrics/grounding.py). The weights are SPAR
 sparsified at 1/P, L1-renormalised), the same readout for a CLIP, FILIP or SPARK checkpoint, so the three
 objectives are compared on one footing. A word split into several tokens uses the mean of their weights.
 
+The model is read twice: as it is, and centred (each patch embedding minus its position's mean over the evaluated
+images), which shows what lies under a per-position code and is the readout that `fine_centre_positions` trains.
 Beside the model's numbers, what a model that does not look gets:
   uniform        weights 1/P (the object's share of the image; the chance a random patch touches it);
   position-only  the same tokens against the *mean* patch embeddings of the evaluated images (each position's
@@ -26,40 +28,11 @@ import torch
 import yaml
 
 from ..data.images import to_pixel_values
-from ..data.scene_vocab import COLORS, PLURALS, WORD_TO_SHAPE
 from ..losses import sparc_alignment, sparc_fine_grained_loss
-from ..metrics.grounding import mass_in_mask, patch_coverage, pointing_hit, uniform_baseline
-from .alignment import token_names
+from ..metrics.grounding import mass_in_mask, named_words, pointing_hit, uniform_baseline
 from .data import builtin_scenes, scene_images
 from .report import Report
 from .stage1_run import device, load_stage1_run
-
-_SINGULAR = {plural: word for word, plural in PLURALS.items()}
-_BOUNDARY = ("▁", "Ġ")  # SentencePiece and byte-level BPE mark the start of a word
-
-
-def named_objects(word: str, objects: list[dict]) -> tuple[str, list[dict]] | None:
-    """("shape" | "colour", the objects of the scene that `word` names), or None for any other word."""
-    shape = WORD_TO_SHAPE.get(word) or WORD_TO_SHAPE.get(_SINGULAR.get(word, ""))
-    if shape:
-        return "shape", [o for o in objects if o["shape"] == shape]
-    if word in COLORS:
-        return "colour", [o for o in objects if o["color"] == word]
-    return None
-
-
-def words_of(pieces: list[str]) -> list[tuple[str, list[int]]]:
-    """Group token pieces into words: [(word, token positions)], the word lower-cased without punctuation."""
-    words: list[tuple[str, list[int]]] = []
-    for i, piece in enumerate(pieces):
-        starts = piece.startswith(_BOUNDARY) or not words
-        text = piece.lstrip("".join(_BOUNDARY))
-        if starts:
-            words.append((text, [i]))
-        else:
-            words[-1] = (words[-1][0] + text, words[-1][1] + [i])
-    return [("".join(c for c in w.lower() if c.isalnum()), idx) for w, idx in words]
-
 
 @torch.no_grad()
 def _embed(model, tokenizer, scenes: list[dict], batch_size: int):
@@ -73,7 +46,7 @@ def _embed(model, tokenizer, scenes: list[dict], batch_size: int):
         enc = tokenizer(scene["captions"], model.config.max_text_len)
         ids, mask = enc["input_ids"].to(device()), enc["attention_mask"].to(device())
         tokens, token_mask = model.token_embeddings(ids, mask)
-        pieces = [token_names(tokenizer, row[: int(m.sum())].tolist()) for row, m in zip(ids.cpu(), mask.cpu())]
+        pieces = [tokenizer.pieces(row[: int(m.sum())].tolist()) for row, m in zip(ids.cpu(), mask.cpu())]
         captions.append((tokens.float().cpu(), token_mask.cpu(), pieces))
     return torch.cat(patches), captions
 
@@ -105,20 +78,16 @@ def grounding_report(checkpoint, num_images: int = 500, batch_size: int = 64) ->
     position_only = patches.mean(0)  # [P, D]: what every image shares at each position
     blank = _blank_patches(model)
 
-    readouts = {"model": None, "position_only": position_only, "blank_image": blank}
+    centred = patches - position_only  # the model without its position code (what fine_centre_positions trains)
+    readouts = {"model": lambda i: patches[i], "model_centred": lambda i: centred[i],
+                "position_only": lambda i: position_only, "blank_image": lambda i: blank}
     sums: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for i, scene in enumerate(scenes):
         tokens, token_mask, pieces = captions[i]
-        weights = {name: sparc_alignment((patches[i] if p is None else p)[None].expand(len(tokens), -1, -1),
-                                         tokens, token_mask)[1].numpy()
-                   for name, p in readouts.items()}  # each [C, L, P]
+        weights = {name: sparc_alignment(patches_of(i)[None].expand(len(tokens), -1, -1), tokens, token_mask)[1].numpy()
+                   for name, patches_of in readouts.items()}  # each [C, L, P]
         for c, caption_pieces in enumerate(pieces):
-            for word, positions in words_of(caption_pieces):
-                named = named_objects(word, scene["objects"])
-                if named is None or not named[1]:
-                    continue
-                kind, objects = named
-                coverage = patch_coverage(np.any([o["mask"] for o in objects], axis=0), grid)
+            for kind, positions, coverage in named_words(caption_pieces, scene["objects"], grid):
                 for key in ("all", kind):
                     for name, w in weights.items():
                         word_weights = w[c, positions].mean(0)
@@ -135,7 +104,8 @@ def grounding_report(checkpoint, num_images: int = 500, batch_size: int = 64) ->
                        **{name: 100.0 * float(np.mean(v)) for name, v in sorted(values.items())}}
     result["shortcut"] = shortcut_diagnostics(patches, captions, position_only, blank, float(model.logit_scale.detach()))
     rows = [{"words": f"{key} ({result[key]['words']})", "measure": measure,
-             **{name: result[key][f"{name}.{measure}"] for name in ("model", "uniform", "position_only", "blank_image")}}
+             **{name: result[key][f"{name}.{measure}"]
+                for name in ("model", "model_centred", "uniform", "position_only", "blank_image")}}
             for key in ("all", "shape", "colour") if key in result for measure in ("mass_in_mask", "pointing")]
     return Report("Grounding: words -> their objects' masks (%)", result, rows)
 

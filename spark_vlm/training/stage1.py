@@ -15,18 +15,21 @@ from pathlib import Path
 
 import torch
 
+from ..data.content_tokens import FunctionTokens
 from ..data.images import to_pixel_values
 from ..data.stage1 import build_stage1_data
 from ..losses import clip_loss, filip_loss, sparc_loss
 from ..models import SparkModel
 from .run import Stage
 from .stage1_config import Stage1Config
-from .stage1_eval import evaluate_stage1, held_out_truth
+from .stage1_eval import GROUNDING_SCENES, evaluate_stage1, grounding_set, held_out_truth
 from .throughput import transformer_train_flops
 
 
-def stage1_loss(cfg: Stage1Config, model, batch: dict) -> dict[str, torch.Tensor]:
-    """One micro-batch through the model and the configured objective."""
+def stage1_loss(cfg: Stage1Config, model, batch: dict, function_tokens: FunctionTokens | None = None
+                ) -> dict[str, torch.Tensor]:
+    """One micro-batch through the model and the configured objective (`function_tokens` is needed with
+    fine_content_tokens_only)."""
     device = next(model.parameters()).device
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}  # no-op for prepared loaders
     px = to_pixel_values(batch["images"])
@@ -35,8 +38,13 @@ def stage1_loss(cfg: Stage1Config, model, batch: dict) -> dict[str, torch.Tensor
         return {"loss": clip_loss(out.image_embeds, out.text_embeds, out.logit_scale)}
     if cfg.loss == "filip":
         return {"loss": filip_loss(out.patch_embeds, out.token_embeds, out.token_mask, out.logit_scale)}
+    fine_mask = None
+    if cfg.fine_content_tokens_only:
+        fine_mask = out.token_mask & function_tokens.content_mask(batch["input_ids"], batch["attention_mask"])
     return sparc_loss(out.image_embeds, out.text_embeds, out.patch_embeds, out.token_embeds, out.token_mask,
-                      out.logit_scale, lambda_global=cfg.lambda_global, lambda_fine=cfg.lambda_fine)
+                      out.logit_scale, lambda_global=cfg.lambda_global, lambda_fine=cfg.lambda_fine,
+                      fine_mask=fine_mask, cross_images=cfg.fine_cross_images,
+                      centre_positions=cfg.fine_centre_positions)
 
 
 def flops_per_sample(model: SparkModel) -> float:
@@ -75,8 +83,15 @@ def build_stage1(cfg: Stage1Config, accelerator) -> Stage:
                       f"precision {cfg.train.precision} (accelerate: {accelerator.mixed_precision}), "
                       f"{accelerator.num_processes} process(es)")
     run_dir = Path(cfg.train.output_dir)
+    function_tokens = FunctionTokens(tokenizer) if cfg.fine_content_tokens_only else None
+    grounding = grounding_set(cfg.data, val_data, tokenizer, arch.image_size, arch.patch_size)
 
     def summary(step: int, result: dict) -> str:
+        grounding_line = "" if "grounding_mass_in_mask" not in result else (
+            f"grounding ({result['grounding_words']:.0f} shape/colour words of the first {GROUNDING_SCENES} held-out "
+            f"scenes): mass-in-mask {result['grounding_mass_in_mask']:.1f}% (uniform "
+            f"{result['grounding_mass_in_mask_uniform']:.1f}%), pointing {result['grounding_pointing']:.1f}% "
+            f"(uniform {result['grounding_pointing_uniform']:.1f}%)\n")
         truth_line = "" if truth is None else (
             f"scenes: text->image R@1 {result['text_to_image_R@1']:.1f}% of a perfect model's "
             f"{result['text_to_image_R@1_ceiling']:.1f}%; truth-aware (any image the caption is true of) "
@@ -90,15 +105,15 @@ def build_stage1(cfg: Stage1Config, accelerator) -> Stage:
             f"{result['align_entropy']:.2f} nats (uniform {result['align_entropy_uniform']:.2f}); fine loss "
             f"matched {result['fine_loss_matched']:.3f} vs shuffled image {result['fine_loss_shuffled']:.3f} vs blank "
             f"image {result['fine_loss_blank_image']:.3f} vs position code only {result['fine_loss_position_only']:.3f}; "
-            f"position explains {100 * result['position_variance_share']:.0f}% of the patch variance\n"
+            f"position explains {100 * result['position_variance_share']:.0f}% of the patch variance\n{grounding_line}"
             f"model and tokenizer saved to {run_dir}/ (SparkModel.from_pretrained('{run_dir}'))"
         )
 
     return Stage(
         model=model,
         train_data=train_data,
-        loss=lambda m, batch: stage1_loss(cfg, m, batch),
-        evaluate=lambda m: evaluate_stage1(m, val_data, accelerator.device, truth=truth),
+        loss=lambda m, batch: stage1_loss(cfg, m, batch, function_tokens),
+        evaluate=lambda m: evaluate_stage1(m, val_data, accelerator.device, truth=truth, grounding=grounding),
         flops_per_sample=flops_per_sample(model),
         export=lambda acc, m, out_dir: export_model(acc, m, tokenizer, out_dir),
         summary=summary,

@@ -71,6 +71,10 @@ class Stage1Config:
     loss: Literal["sparc", "clip", "filip"] = "sparc"
     lambda_global: float = 0.5  # the paper's lambda_g
     lambda_fine: float = 1.0  # lambda_f; the paper sweeps {0.5, 1, 5, 10}
+    # Options for the fine-grained loss, all off by default (= the paper's loss); see losses.sparc_fine_grained_loss.
+    fine_cross_images: int = 0  # also contrast each token with its groupings over the next K images of the batch
+    fine_content_tokens_only: bool = False  # no function words or punctuation in the fine loss (data/content_tokens.py)
+    fine_centre_positions: bool = False  # subtract each patch position's batch mean before the alignment
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -83,3 +87,8 @@ class Stage1Config:
         check(self.train.batch_size > 1, "train.batch_size", "contrastive losses need a batch of at least 2")
         if self.data.kind == "scenes":  # real data is counted when it is read (run.py)
             self.train.check_one_batch(self.data.num_train, "data.num_train")
+        check(0 <= self.fine_cross_images < self.train.batch_size, "fine_cross_images",
+              f"must be in [0, train.batch_size={self.train.batch_size}), got {self.fine_cross_images}")
+        fine_options = self.fine_cross_images or self.fine_content_tokens_only or self.fine_centre_positions
+        check(self.loss == "sparc" or not fine_options, "loss",
+              f"the fine_* options change SPARK's fine-grained loss; loss={self.loss} has none")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from ..data.images import to_pixel_values
@@ -18,8 +19,15 @@ from ..data.pairs import CaptionedImages
 from ..losses import sparc_alignment, sparc_fine_grained_loss
 from ..data.scene_truth import truth_matrix
 from ..data.scenes import cached_scenes
+from ..metrics.grounding import mass_in_mask, named_words, pointing_hit, uniform_baseline
 from ..metrics.retrieval import retrieval_recall
 from ..metrics.retrieval_truth import truth_aware_recall
+
+GROUNDING_SCENES = 32  # held-out scenes whose words are scored against their masks at each evaluation (cheap)
+
+
+def _held_out_scenes(d, image_size: int):
+    return cached_scenes("val", d.num_val, image_size, d.min_objects, d.max_objects, d.seed, d.cache_dir)
 
 
 def held_out_truth(d, image_size: int) -> dict | None:
@@ -27,12 +35,49 @@ def held_out_truth(d, image_size: int) -> dict | None:
     order of the held-out CaptionedImages (scene by scene, caption by caption); None for other data."""
     if d.kind != "scenes":
         return None
-    val = cached_scenes("val", d.num_val, image_size, d.min_objects, d.max_objects, d.seed, d.cache_dir)
+    val = _held_out_scenes(d, image_size)
     scenes = [val[i] for i in range(len(val))]
     captions = [c for s in scenes for c in s["captions"]]
     kinds = [k for s in scenes for k in s["caption_kinds"]]
     margin = val.config.relation_margin * val.config.image_size
     return {"truth": truth_matrix(captions, kinds, scenes, margin), "kinds": kinds}
+
+
+def grounding_set(d, data: CaptionedImages, tokenizer, image_size: int, patch_size: int,
+                  num_scenes: int = GROUNDING_SCENES) -> dict | None:
+    """For `data.kind=scenes`: the shape and colour words of the first `num_scenes` held-out scenes' captions, each
+    as (caption row of `data`, token positions, patch coverage of the objects it names); None for other data.
+    Parsed once, so that each periodic evaluation only computes the alignment weights."""
+    if d.kind != "scenes":
+        return None
+    val = _held_out_scenes(d, image_size)
+    n = min(num_scenes, len(val))
+    words = []
+    for i in range(n):
+        objects = val[i]["objects"]
+        for row in range(data.offsets[i], data.offsets[i + 1]):
+            pieces = tokenizer.pieces(data.input_ids[row][data.attention_mask[row]].tolist())
+            words += [(row, positions, coverage)
+                      for _, positions, coverage in named_words(pieces, objects, image_size // patch_size)]
+    return {"num_images": n, "words": words}
+
+
+@torch.no_grad()
+def grounding_scores(model, data: CaptionedImages, grounding: dict, device) -> dict[str, float]:
+    """Mass-in-mask and pointing (%) of the words of `grounding_set` on their objects, beside uniform weights'
+    (spark_vlm/evaluation/grounding.py has the full protocol with the position-only and blank-image baselines)."""
+    n = grounding["num_images"]
+    rows = int(data.offsets[n])  # the captions of the first n images are the first rows
+    patches = model.patch_embeddings(to_pixel_values(data.images[:n].to(device)))
+    tokens, token_mask = model.token_embeddings(data.input_ids[:rows].to(device), data.attention_mask[:rows].to(device))
+    own_image = torch.as_tensor(data.caption_image[:rows], device=patches.device)
+    weights = sparc_alignment(patches[own_image], tokens, token_mask)[1].cpu().numpy()  # [rows, L, P]
+    scores = np.array([(mass_in_mask(weights[row, positions].mean(0), coverage),
+                        pointing_hit(weights[row, positions].mean(0), coverage), *uniform_baseline(coverage))
+                       for row, positions, coverage in grounding["words"]], dtype=float).reshape(-1, 4)
+    names = ("mass_in_mask", "pointing", "mass_in_mask_uniform", "pointing_uniform")
+    return {"grounding_words": float(len(scores)),
+            **{f"grounding_{name}": 100.0 * float(v) for name, v in zip(names, scores.mean(0))}}
 
 
 def truth_scores(similarity, data: CaptionedImages, truth: dict) -> dict[str, float]:
@@ -105,8 +150,9 @@ def alignment_diagnostics(model, data: CaptionedImages, device, num_pairs: int =
 
 @torch.no_grad()
 def evaluate_stage1(model, data: CaptionedImages, device, batch_size: int = 256,
-                    truth: dict | None = None) -> dict[str, float]:
-    """Retrieval R@K, the alignment diagnostics, and with `truth` (held_out_truth) the truth-aware scores."""
+                    truth: dict | None = None, grounding: dict | None = None) -> dict[str, float]:
+    """Retrieval R@K, the alignment diagnostics, with `truth` (held_out_truth) the truth-aware scores, with
+    `grounding` (grounding_set) the words' mass-in-mask and pointing."""
     img, txt = encode_pairs(model, data, batch_size, device)
     with torch.autocast(device_type=img.device.type, enabled=False):
         similarity = img.float() @ txt.float().t()  # fp32 even under bf16 autocast: ranks are sensitive
@@ -114,5 +160,7 @@ def evaluate_stage1(model, data: CaptionedImages, device, batch_size: int = 256,
     if truth is not None:
         result.update(truth_scores(similarity.cpu(), data, truth))
     result.update(alignment_diagnostics(model, data, device))
+    if grounding is not None and grounding["words"]:
+        result.update(grounding_scores(model, data, grounding, device))
     result["logit_scale"] = model.logit_scale.item()
     return result
