@@ -36,6 +36,7 @@ VARIANTS = {
     "filip": ["loss=filip"],
     "sparc": [],
     "sparc+centre": [OPTIONS[0]],
+    "sparc+centre+sharp": [OPTIONS[0], "fine_threshold=0.5"],  # fewer patches kept (sigma 0.5 instead of 1/P)
     "sparc+cross4": [OPTIONS[1]],
     "sparc+content": [OPTIONS[2]],
     "sparc+all": OPTIONS,

@@ -177,6 +177,7 @@ def sparc_fine_grained_loss(
     logit_scale,
     cross_images: int = 0,
     centre_positions: bool = False,
+    threshold: float | None = None,
 ) -> torch.Tensor:
     """Fine-grained loss (Eq. 6): each token against the grouped embeddings of its *own* caption.
 
@@ -184,6 +185,7 @@ def sparc_fine_grained_loss(
     real tokens, then over the captions of the batch (captions with no real token are left out).
     Memory is O(B * L * (P + L)); no B x B x L x P tensor is built.
 
+    `threshold` is the sparsity threshold sigma of Eq. 4 (None: the paper's 1/P; higher keeps fewer patches).
     Two options, both off by default (the paper's loss), both deviations from the paper (docs/sparc_method.md):
       centre_positions  subtract from every patch embedding its position's mean over the batch's images before
                         the alignment, so a per-position code that every image shares (and a blank image
@@ -202,7 +204,7 @@ def sparc_fine_grained_loss(
     if centre_positions:
         with torch.autocast(device_type=patch_embeds.device.type, enabled=False):
             patch_embeds = patch_embeds.float() - patch_embeds.float().mean(dim=0, keepdim=True)
-    grouped, _ = sparc_alignment(patch_embeds, token_embeds, mask)
+    grouped, _ = sparc_alignment(patch_embeds, token_embeds, mask, threshold)
     with torch.autocast(device_type=patch_embeds.device.type, enabled=False):
         c = F.normalize(grouped, dim=-1)
         t = F.normalize(token_embeds.float(), dim=-1)
@@ -216,7 +218,8 @@ def sparc_fine_grained_loss(
         logits_c2t = (scale * torch.bmm(c, t.transpose(1, 2))).masked_fill(col_pad, neg)
         if cross_images:
             # Column L + j - 1 of row l: t_l against its grouping over image (i + j) mod B, j = 1..K.
-            others = [F.normalize(sparc_alignment(patch_embeds.roll(-j, dims=0), token_embeds, mask)[0], dim=-1)
+            others = [F.normalize(sparc_alignment(patch_embeds.roll(-j, dims=0), token_embeds, mask, threshold)[0],
+                                  dim=-1)
                       for j in range(1, cross_images + 1)]
             cross = scale * torch.stack([(t * o).sum(-1) for o in others], dim=-1)  # [B, L, K]
             logits_t2c = torch.cat([logits_t2c, cross], dim=-1)
@@ -246,15 +249,16 @@ def sparc_loss(
     fine_mask: torch.Tensor | None = None,
     cross_images: int = 0,
     centre_positions: bool = False,
+    threshold: float | None = None,
 ) -> dict[str, torch.Tensor]:
     """Eq. 7: lambda_g * L_global + lambda_f * L_fine. Returns the total and both parts (for logging).
 
     `fine_mask` [B, L] (default: token_mask) restricts the fine-grained loss to some real tokens, e.g. content
-    words only; the text embeddings and the global loss are unaffected. `cross_images` and `centre_positions`
-    are sparc_fine_grained_loss's options (off by default: the paper's loss)."""
+    words only; the text embeddings and the global loss are unaffected. `cross_images`, `centre_positions` and
+    `threshold` are sparc_fine_grained_loss's options (off / None by default: the paper's loss)."""
     global_loss = clip_loss(image_embeds, text_embeds, logit_scale)
     fine_loss = sparc_fine_grained_loss(patch_embeds, token_embeds, token_mask if fine_mask is None else fine_mask,
-                                        logit_scale, cross_images, centre_positions)
+                                        logit_scale, cross_images, centre_positions, threshold)
     return {
         "loss": lambda_global * global_loss + lambda_fine * fine_loss,
         "global_loss": global_loss,

@@ -53,6 +53,7 @@ def test_overrides_apply_with_types():
     (["fine_cross_images=4", "train.batch_size=4"], "fine_cross_images: must be in [0, train.batch_size=4)"),
     (["fine_content_tokens_only=sometimes"], "fine_content_tokens_only: expected true/false"),
     (["loss=clip", "fine_centre_positions=true"], "loss: the fine_* options change SPARK's fine-grained loss"),
+    (["fine_threshold=1.5"], "fine_threshold: must be in [0, 1) or null (1/P), got 1.5"),
 ])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError) as err:

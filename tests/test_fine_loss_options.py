@@ -13,7 +13,7 @@ from spark_vlm.losses import clip_loss, sparc_fine_grained_loss, sparc_loss
 from test_losses import F64, _neg_log_softmax_at, _norm1d, grads_of, leaves, make_batch, ref_alignment, ref_fine
 
 
-def ref_fine_options(patches, tokens, mask, scale, cross_images=0, centre=False):
+def ref_fine_options(patches, tokens, mask, scale, cross_images=0, centre=False, threshold=None):
     """Eq. 6 per caption, token by token, with the options: patches centred per position by an explicit mean over
     images; in the token -> grouped row of token l, after the caption's own grouped embeddings, the same token's
     grouping over image (b + m) mod B for m = 1..K."""
@@ -24,7 +24,7 @@ def ref_fine_options(patches, tokens, mask, scale, cross_images=0, centre=False)
                                             for p in range(P)]) for b in range(B)])
 
     def grouped(image, caption, l):  # token l of `caption` grouped over the patches of `image`
-        return ref_alignment(patches[image][None], tokens[caption, l][None, None])[1][0][0]
+        return ref_alignment(patches[image][None], tokens[caption, l][None, None], threshold=threshold)[1][0][0]
 
     losses = []
     for b in range(B):
@@ -60,6 +60,18 @@ def test_options_match_the_reference_value_and_grads(cross_images, centre):
     for name, gm, gr in zip(["patches", "tokens", "logit_scale"], grads_of(out, [p, t, s]), grads_of(ref, [rp, rt, rs])):
         torch.testing.assert_close(gm.double(), gr, rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
     assert not math.isclose(out.item(), ref_fine(patches, tokens, mask, 10.0).item(), rel_tol=1e-4), "option had no effect"
+
+
+@pytest.mark.parametrize("cross_images, centre, threshold", [(0, False, 0.5), (2, True, 0.3)])
+def test_sparsity_threshold_matches_the_reference(cross_images, centre, threshold):
+    """`threshold` (config `fine_threshold`) replaces the paper's 1/P in Eq. 4, everywhere the alignment runs."""
+    _, _, patches, tokens, mask = make_batch()
+    out = sparc_fine_grained_loss(patches, tokens, mask, 10.0, cross_images=cross_images, centre_positions=centre,
+                                  threshold=threshold)
+    ref = ref_fine_options(patches, tokens, mask, 10.0, cross_images, centre, threshold)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-6)
+    paper = ref_fine_options(patches, tokens, mask, 10.0, cross_images, centre)
+    assert not math.isclose(out.item(), paper.item(), rel_tol=1e-4), "the threshold had no effect"
 
 
 @pytest.mark.parametrize("cross_images, centre", OPTIONS)
@@ -182,13 +194,14 @@ def test_config_keys_reach_the_loss():
              "attention_mask": ids != 0}
     function_tokens = FunctionTokens(_Pieces(vocab))
     cfg = load_config(Stage1Config, None, ["fine_cross_images=2", "fine_content_tokens_only=true",
-                                           "fine_centre_positions=true"])
+                                           "fine_centre_positions=true", "fine_threshold=0.4"])
     with torch.no_grad():
         got = stage1_loss(cfg, model, batch, function_tokens)
         out = model(to_pixel_values(batch["images"]), ids, ids != 0)
         content = torch.tensor([[0, 1, 1, 0, 0, 0], [1, 1, 1, 0, 0, 1], [0, 1, 0, 1, 1, 0]], dtype=torch.bool)
         want = sparc_loss(out.image_embeds, out.text_embeds, out.patch_embeds, out.token_embeds, out.token_mask,
-                          out.logit_scale, fine_mask=content, cross_images=2, centre_positions=True)
+                          out.logit_scale, fine_mask=content, cross_images=2, centre_positions=True,
+                          threshold=0.4)
         paper = stage1_loss(load_config(Stage1Config, None, []), model, batch)
     for key in ("loss", "global_loss", "fine_loss"):
         torch.testing.assert_close(got[key], want[key])

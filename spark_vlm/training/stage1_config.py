@@ -75,6 +75,7 @@ class Stage1Config:
     fine_cross_images: int = 0  # also contrast each token with its groupings over the next K images of the batch
     fine_content_tokens_only: bool = False  # no function words or punctuation in the fine loss (data/content_tokens.py)
     fine_centre_positions: bool = False  # subtract each patch position's batch mean before the alignment
+    fine_threshold: float | None = None  # sparsity threshold sigma on min-max similarities; null = 1/P (the paper)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -89,6 +90,9 @@ class Stage1Config:
             self.train.check_one_batch(self.data.num_train, "data.num_train")
         check(0 <= self.fine_cross_images < self.train.batch_size, "fine_cross_images",
               f"must be in [0, train.batch_size={self.train.batch_size}), got {self.fine_cross_images}")
-        fine_options = self.fine_cross_images or self.fine_content_tokens_only or self.fine_centre_positions
+        check(self.fine_threshold is None or 0 <= self.fine_threshold < 1, "fine_threshold",
+              f"must be in [0, 1) or null (1/P), got {self.fine_threshold}")
+        fine_options = (self.fine_cross_images or self.fine_content_tokens_only or self.fine_centre_positions
+                        or self.fine_threshold is not None)
         check(self.loss == "sparc" or not fine_options, "loss",
               f"the fine_* options change SPARK's fine-grained loss; loss={self.loss} has none")

@@ -68,8 +68,10 @@ def _stage2_train() -> TrainConfig:
 @dataclass
 class Stage2OptimConfig(OptimConfig):
     # The tanh gates are single scalars starting at 0; Adam moves each by about lr per step, so over a short run
-    # they can barely open. This multiplies their learning rate only (1 = every trainable tensor alike).
-    gate_lr_mult: float = 1.0
+    # they can barely open (|tanh| <= 0.1 after the default 1000 steps). This multiplies their learning rate only
+    # (1 = every trainable tensor alike). Measured with the oracle tower (README, stage 2): 10 opened them to 0.47
+    # and raised the image contribution from 0.29 to 0.37 nats/token.
+    gate_lr_mult: float = 10.0
 
     def validate(self, prefix: str) -> None:
         super().validate(prefix)
