@@ -22,6 +22,7 @@ from pathlib import Path
 
 from spark_vlm.data.images import BadSample
 from spark_vlm.evaluation.captioner import DEVICES, caption_folder
+from spark_vlm.evaluation.report import error_line
 
 
 def main(argv=None) -> list[dict]:
@@ -50,7 +51,7 @@ def main(argv=None) -> list[dict]:
                                           max_new_tokens=args.max_new_tokens,
                                           num_beams=args.num_beams)
     except (OSError, ValueError, BadSample) as e:
-        parser.exit(2, f"error: {e}\n")
+        parser.exit(2, error_line(e))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1))
     print(f"captioned {len(results)} images -> {args.out}" + (f"; {skipped.summary()}" if skipped.total else ""))

@@ -19,7 +19,7 @@ The protocol: spark_vlm/evaluation/segmentation.py.
 import argparse
 
 from spark_vlm.data.images import BadSample
-from spark_vlm.evaluation.report import write_report
+from spark_vlm.evaluation.report import error_line, write_report
 from spark_vlm.evaluation.segmentation import segmentation_report
 
 
@@ -45,7 +45,7 @@ def main(argv=None) -> dict:
         report = segmentation_report(args.checkpoint, args.voc_root, args.split, class_names, args.templates,
                                      args.num_images, args.batch_size, args.strict)
     except (OSError, ValueError, BadSample) as e:
-        parser.exit(2, f"error: {e}\n")
+        parser.exit(2, error_line(e))
     write_report(report, args.out)
     return report.result
 

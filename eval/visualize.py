@@ -20,6 +20,7 @@ from spark_vlm.data.images import BadSample, load_image  # noqa: E402
 from spark_vlm.data.scenes import SceneConfig, generate_scene  # noqa: E402
 from spark_vlm.evaluation.alignment import alignment_maps  # noqa: E402
 from spark_vlm.evaluation.stage1_run import load_stage1_run  # noqa: E402
+from spark_vlm.evaluation.report import error_line  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -43,7 +44,7 @@ def main(argv=None) -> None:
             scene = generate_scene(SceneConfig(image_size=size), "test", args.scene_index)
             image, caption = scene["image"], args.caption or scene["captions"][0]
     except (OSError, ValueError, BadSample) as e:
-        parser.exit(2, f"error: {e}\n")
+        parser.exit(2, error_line(e))
     maps, names = alignment_maps(model, tok, image, caption)
     if not names:
         parser.exit(2, f"error: the caption {caption!r} has no tokens\n")

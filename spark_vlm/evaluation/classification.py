@@ -18,6 +18,8 @@ from .stage1_run import image_embeddings, load_stage1_run, prompt_embeddings
 
 def classification_report(checkpoint, image_dir, templates="imagenet80", class_names_file=None,
                           batch_size: int = 64, strict: bool = False) -> Report:
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     templates, template_set = resolve_templates(templates)
     records, folders = read_class_folders(image_dir)
     if not folders:
@@ -28,6 +30,8 @@ def classification_report(checkpoint, image_dir, templates="imagenet80", class_n
     images, _, kept = load_pairs(records, model.config.image_size, strict=strict, counter=counter,
                                  require_captions=False)
     labels = [records[i]["label"] for i in kept]  # image_id = record index for class folders
+    if not labels:
+        raise ValueError(f"no readable image in the class folders of {image_dir} ({skip_summary(counter)})")
 
     classifier = zero_shot_classifier(prompt_embeddings(model, tokenizer, names, templates, batch_size))
     logits = image_embeddings(model, images, batch_size) @ classifier.t()

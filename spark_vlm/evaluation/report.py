@@ -82,12 +82,21 @@ def write_report(report: Report, out_json) -> str:
     return table
 
 
+# Every character str.splitlines() breaks a line at, written as its escape instead.
+_LINE_BREAKS = {ord(c): c.encode("unicode_escape").decode() for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
+def error_line(e: BaseException) -> str:
+    """`error: <message>` on one line: a file name with a line break in it must not split the message."""
+    return f"error: {str(e).translate(_LINE_BREAKS)}\n"
+
+
 def report_or_exit(parser, make_report, out_json) -> dict:
     """The tail of every eval/*.py command line: run the protocol, write its report and return the result; a bad
     input (a missing or malformed file, an unusable image set, ...) ends as one `error:` line and exit code 2."""
     try:
         report = make_report()
     except (OSError, ValueError, KeyError, BadSample) as e:
-        parser.exit(2, f"error: {e}\n")
+        parser.exit(2, error_line(e))
     write_report(report, out_json)
     return report.result
