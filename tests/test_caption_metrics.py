@@ -191,5 +191,7 @@ def test_blind_baseline_is_scored_beside_the_model(tmp_path):
     model, blind = report.result["overall"], report.result["blind_baseline"]["overall"]
     assert model["CIDEr"] > blind["CIDEr"] and model["Bleu_4"] > blind["Bleu_4"]
     assert [r["captions"].split(" (")[0] for r in report.rows] == ["model", "blind baseline"]
-    again = caption_metrics_report(str(tmp_path / "res.json"), str(tmp_path / "refs.json"), blind_seed=0)
-    assert again.result["blind_baseline"] == report.result["blind_baseline"]  # deterministic by seed
+    # Deterministic by seed (the draw is checked directly: a second pycocoevalcap run costs ~20 s of Java).
+    from spark_vlm.metrics.caption_metrics import blind_captions
+    assert blind_captions(refs, list(refs), seed=0) == blind_captions(refs, list(refs), seed=0)
+    assert report.result["blind_baseline"]["seed"] == 0

@@ -1,6 +1,8 @@
 """POPE: image draw and question sampling as the reference (AoiDragon/POPE utils.py) does it, on hand-worked
 fixtures; scoring; answer parsing; POPE's question files; few-shot examples; the CLI's one-line errors."""
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -213,7 +215,16 @@ def test_cli_bad_inputs_give_one_line(tmp_path):
     cases = [(["--questions", str(tmp_path / "q.json"), "--image-dir", str(tmp_path / "nope")], "is not a directory"),
              (["--instances", str(tmp_path / "list.json"), "--image-dir", str(tmp_path / "imgs")], "'images' list"),
              (["--questions", str(tmp_path / "q.json"), "--image-dir", str(tmp_path / "imgs")], "not a stage-2 run")]
-    for args, message in cases:
-        proc = subprocess.run(base + args, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 2, proc.stderr
-        assert len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr, proc.stderr
+    # The first case as a real program; the others in-process (the same main(), without ~7 s of imports each).
+    proc = subprocess.run(base + cases[0][0], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and cases[0][1] in proc.stderr, proc.stderr
+    from test_cli_fuzz import cli
+
+    pope_cli = cli("pope")
+    for args, message in cases[1:]:
+        err = io.StringIO()
+        with pytest.raises(SystemExit) as exit_info, contextlib.redirect_stderr(err):
+            pope_cli.main(base[2:] + args)
+        assert exit_info.value.code == 2
+        assert len(err.getvalue().strip().splitlines()) == 1 and message in err.getvalue(), err.getvalue()

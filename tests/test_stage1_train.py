@@ -111,7 +111,7 @@ def test_sigkill_then_resume_latest_matches_an_uninterrupted_run(tmp_path):
     import signal
     import time
 
-    common = TINY + ["train.eval_every=0", "train.save_every=4", "train.max_steps=40", "train.keep_checkpoints=2"]
+    common = TINY + ["train.eval_every=0", "train.save_every=4", "train.max_steps=24", "train.keep_checkpoints=2"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert run(common + [f"train.output_dir={straight}"], tmp_path).returncode == 0
     env = {**os.environ, "SPARK_VLM_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
@@ -131,7 +131,7 @@ def test_sigkill_then_resume_latest_matches_an_uninterrupted_run(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout
     steps = [r["step"] for r in records(killed) if r.get("kind") is None]
-    assert steps == list(range(1, 41))
+    assert steps == list(range(1, 25))
     losses = {r["step"]: r["loss"] for r in records(killed) if r.get("kind") is None}
     expected = {r["step"]: r["loss"] for r in records(straight) if r.get("kind") is None}
     assert losses == pytest.approx(expected, rel=1e-5)
