@@ -118,6 +118,7 @@ def test_stage2_validation_names_the_key():
 
     for override, key in ((["model.num_latents=0"], "model.num_latents: must be > 0"),
                           (["lm.standin.arch=rnn"], "lm.standin.arch: must be one of"),
+                          (["model.resampler=mlp"], "model.resampler: must be one of 'perceiver' | 'linear'"),
                           (["lm.standin.heads=3"], "lm.standin.heads: 3 does not divide width 128"),
                           (["data.max_text_len=2"], "data.max_text_len: must be >= 4"),
                           (["lm.path=/nowhere"], "lm.path: no Hugging Face model directory")):

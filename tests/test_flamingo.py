@@ -11,6 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (AutoModelForCausalLM, GPT2Config, LlamaConfig, OPTConfig, PreTrainedTokenizerFast)
@@ -421,3 +422,43 @@ def test_from_pretrained_parts_records_sources(tmp_path):
     again = SparkFlamingo.from_pretrained_parts(cfg, vision_dir, lm_dir)
     assert (again.image_token_id, again.eoc_token_id) == (VOCAB, VOCAB + 1)
     assert again.tokenizer.decode([VOCAB, 5, VOCAB + 1], skip_special_tokens=True) == make_tokenizer().decode([5])
+
+
+# ---------------------------------------------------------------------------------------------- resampler=linear
+def test_linear_resampler_gives_one_visual_token_per_patch(tmp_path):
+    """`resampler=linear`: each patch feature -> LayerNorm(Linear(feature)), its own visual token, checked patch by
+    patch; the rest of the model (closed gates = the frozen LM, caches, checkpoints) behaves as with the perceiver."""
+    model = make_model("gpt2", resampler="linear").eval()
+    assert not any(n.startswith("perceiver.latents") for n, _ in model.named_parameters())
+    pv = images(2, 2)
+    with torch.no_grad():
+        tokens = model.visual_latents(pv)
+        feats = model.vision.image_features(pv.flatten(0, 1)).view(2, 2, -1, 32)
+    assert tokens.shape == (2, 2, feats.shape[2], model.lm.config.n_embd)
+    proj = model.perceiver
+    for b, m, p in ((0, 0, 0), (1, 1, feats.shape[2] - 1), (1, 0, 2)):
+        expected = F.layer_norm(feats[b, m, p] @ proj.proj_in.weight.T + proj.proj_in.bias, (tokens.shape[-1],),
+                                proj.norm.weight, proj.norm.bias)
+        assert torch.allclose(tokens[b, m, p], expected, atol=1e-6)
+
+    ids = torch.cat([torch.full((2, 1), model.image_token_id), text_ids(2, 6)], dim=1)
+    with torch.no_grad():  # closed gates: exactly the frozen LM
+        ref = make_lm("gpt2")(inputs_embeds=model.embed_tokens(ids)).logits
+        assert torch.equal(model(pv[:, :1], ids).logits[..., :VOCAB], ref)
+    set_gates(model, 0.8)
+    prompt, mask = left_pad([[model.image_token_id, 5, 6, 7], [model.image_token_id, 9]])
+    stop = [model.eoc_token_id]
+    fast = model.generate(pv[:, :1], prompt, mask, max_new_tokens=6, eos_token_id=stop)
+    assert torch.equal(fast, reference_greedy(model, pv[:, :1], prompt, mask, 6, stop, model.eoc_token_id))
+    with torch.no_grad():  # the image matters once the gates open
+        assert not torch.allclose(model(pv[:, :1], ids).logits, model(pv[:, 1:], ids).logits)
+
+    # The config records the kind, so a perceiver model refuses the projector's weights.
+    assert model.config.resampler == "linear"
+    ckpt = model.save_trainable(str(tmp_path / "ckpt"), model.build_manifest(run="t"))
+    with pytest.raises(ValueError, match="missing|unexpected"):
+        make_model("gpt2").load_trainable(ckpt)
+    fresh = make_model("gpt2", resampler="linear", head_seed=3).eval()
+    fresh.load_trainable(ckpt)
+    with torch.no_grad():
+        assert torch.equal(fresh(pv[:, :1], ids).logits, model(pv[:, :1], ids).logits)

@@ -123,7 +123,8 @@ def test_the_oracle_captioner_learns_to_read_its_tokens():
     prompts = FlamingoPrompts(model.tokenizer)
     train = CaptionedImages(tokens[:64], captions[:64], list(range(64)), tokenizer=prompts, max_len=12)
     val = CaptionedImages(tokens[64:], captions[64:], list(range(16)), tokenizer=prompts, max_len=12)
-    before = caption_losses(model, val, prompts, torch.device("cpu"))
+    cube = torch.tensor(prompts.caption_ids("cube"))  # the object word (one token in this tokenizer)
+    before = caption_losses(model, val, prompts, torch.device("cpu"), object_ids=cube)
     assert before["image_contribution"] == 0.0
 
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=3e-3)
@@ -136,6 +137,24 @@ def test_the_oracle_captioner_learns_to_read_its_tokens():
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-    after = caption_losses(model.eval(), val, prompts, torch.device("cpu"))
+    after = caption_losses(model.eval(), val, prompts, torch.device("cpu"), object_ids=cube)
     assert after["image_contribution"] > 0.3, after
     assert after["val_caption_loss"] < after["val_caption_loss_blank_image"]
+
+    # The per-token losses against a slow per-token loop (tokens 2..n; the object word "cube").
+    objects = set(cube.tolist())
+    nll_all, nll_obj = [], []
+    with torch.no_grad():
+        for i in range(len(val)):
+            row = val.text["attention_mask"][i].bool()
+            ids, labels = val.text["input_ids"][i][row], val.text["labels"][i][row]
+            logp = model(val.images[i:i + 1], ids[None]).logits[0].float().log_softmax(-1)
+            for t in range(2, len(ids)):  # token t predicted at t-1; c1 (t=1) and <|endofchunk|> are not scored
+                if labels[t] == -100 or labels[t] == prompts.end_id:
+                    continue
+                nll_all.append(-logp[t - 1, labels[t]].item())
+                if labels[t].item() in objects:
+                    nll_obj.append(-logp[t - 1, labels[t]].item())
+    assert len(nll_obj) == len(val)  # one "cube" per caption
+    assert after["val_caption_loss"] == pytest.approx(np.mean(nll_all), abs=1e-5)
+    assert after["val_object_word_loss"] == pytest.approx(np.mean(nll_obj), abs=1e-5)

@@ -2,6 +2,7 @@
 
     pixel_values [B, M, 3, H, W] --frozen SparkModel.image_features--> [B, M, P, vision_width]
                                  --PerceiverResampler-->               latents [B, M, num_latents, lm_hidden]
+                                 (or --PatchProjector--> one visual token per patch [B, M, P, lm_hidden])
     input_ids [B, T] --frozen LM embeddings (+ a 2-row table for <image>, <|endofchunk|>)--> [B, T, E]
                      --frozen decoder layers, each preceded (every N-th) by a gated xattn block reading the latents
                      --frozen LM head (+ a 2-row head for the new tokens)--> logits [B, T, vocab + 2]
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -33,7 +35,7 @@ from . import flamingo_generate, flamingo_io
 from .dual_encoder import SparkModel
 from .gated_xattn import FlamingoDecoderLayer, GatedCrossAttentionBlock, MediaContext, attach_media
 from .oracle_vision import OracleVision, load_vision_tower
-from .perceiver import PerceiverResampler
+from .perceiver import PatchProjector, PerceiverResampler
 
 
 class FlamingoConfig(PretrainedConfig):
@@ -45,6 +47,7 @@ class FlamingoConfig(PretrainedConfig):
     def __init__(
         self,
         vision_width: int = 128,  # must equal the SparkModel's vision_width (stage 2 reads it from stage 1)
+        resampler: Literal["perceiver", "linear"] = "perceiver",  # patches -> visual tokens (models/perceiver.py)
         num_latents: int = 64,  # perceiver resampler latents
         resampler_depth: int = 2,
         resampler_heads: int = 4,
@@ -63,6 +66,7 @@ class FlamingoConfig(PretrainedConfig):
         **kwargs,
     ):
         self.vision_width = vision_width
+        self.resampler = resampler
         self.num_latents = num_latents
         self.resampler_depth = resampler_depth
         self.resampler_heads = resampler_heads
@@ -166,9 +170,13 @@ class SparkFlamingo(nn.Module):
             self.new_token_head.weight.copy_(out_embed.weight.float().mean(0).expand(2, -1))
 
         hidden = lm.config.get_text_config().hidden_size
-        self.perceiver = PerceiverResampler(config.vision_width, hidden, config.resampler_depth,
-                                            config.resampler_heads, config.resampler_dim_head,
-                                            config.num_latents, config.ff_mult)
+        # `perceiver` names the patches -> visual tokens module whichever kind it is (checkpoint keys stay stable).
+        if config.resampler == "linear":
+            self.perceiver = PatchProjector(config.vision_width, hidden)
+        else:
+            self.perceiver = PerceiverResampler(config.vision_width, hidden, config.resampler_depth,
+                                                config.resampler_heads, config.resampler_dim_head,
+                                                config.num_latents, config.ff_mult)
         layers = find_decoder_layers(lm)
         for i, layer in enumerate(layers):
             xattn = None
@@ -233,7 +241,7 @@ class SparkFlamingo(nn.Module):
         vision_dtype = next(self.vision.parameters()).dtype
         with torch.no_grad():  # frozen tower: no activations kept for backward
             feats = self.vision.image_features(pixel_values.flatten(0, 1).to(vision_dtype))
-        feats = feats.view(b, m, *feats.shape[1:]).to(self.perceiver.latents.dtype)
+        feats = feats.view(b, m, *feats.shape[1:]).to(self.perceiver.proj_in.weight.dtype)
         return self.perceiver(feats)
 
     def with_media_axis(self, pixel_values: torch.Tensor) -> torch.Tensor:

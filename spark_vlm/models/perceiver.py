@@ -9,6 +9,12 @@ It turns a variable number of ViT patch features per image into a fixed, small s
 
 M is the number of images per sample; every image is resampled independently. `dim` is the language model's
 hidden size, so the gated cross-attention layers can read the latents without a further projection.
+
+`PatchProjector` is the measured alternative (`model.resampler=linear`): no resampling, every patch feature becomes
+one visual token (a linear projection and a LayerNorm, as LLaVA's projector). At initialisation the perceiver's
+latents attend almost uniformly to [patches; latents], so every latent starts as a blend of all patches in which
+"which colour goes with which shape" is lost, and our short CPU runs never unlearn it (README, "Does the captioner
+read the image?"). The projector keeps each patch (or oracle object) its own token.
 """
 from __future__ import annotations
 
@@ -91,3 +97,17 @@ class PerceiverResampler(nn.Module):
             latents = latents + attn(media, latents)
             latents = latents + ff(latents)
         return self.norm(latents)
+
+
+class PatchProjector(nn.Module):
+    """[B, M, P, vision_width] patch features -> [B, M, P, dim] visual tokens, one per patch (no resampling)."""
+
+    def __init__(self, vision_width: int, dim: int):
+        super().__init__()
+        self.proj_in = nn.Linear(vision_width, dim)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if features.ndim != 4:
+            raise ValueError(f"expected features [B, num_images, P, vision_width], got {tuple(features.shape)}")
+        return self.norm(self.proj_in(features))

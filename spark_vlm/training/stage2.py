@@ -85,7 +85,7 @@ def build_model(cfg: Stage2Config, vision_dir: Path, lm_path: str, image: torch.
 def check_lm_supported(model: SparkFlamingo, image: torch.Tensor) -> None:
     """One 2-token forward (an image, then a token) before training: every cross-attention layer must run, or the
     LM is refused in one line (`UnsupportedLMError`) instead of training blind."""
-    device = model.perceiver.latents.device
+    device = model.perceiver.proj_in.weight.device
     pixels = to_pixel_values(image[None].to(device), model_dtype(model))[:, None]
     ids = torch.tensor([[model.image_token_id, 0]], device=device)
     model(pixels, ids)
@@ -190,7 +190,9 @@ def build_stage2(cfg: Stage2Config, accelerator) -> Stage:
             f"{result['val_caption_loss_shuffled_images']:.3f} with another image | "
             f"{result['val_caption_loss_blank_image']:.3f} with a blank image | "
             f"{result['val_caption_loss_text_only']:.3f} for the frozen text-only LM\n"
-            f"image contribution (another image - own image): {result['image_contribution']:+.3f} nats/token; "
+            f"image contribution (another image - own image): {result['image_contribution']:+.3f} nats/token, "
+            f"{result['object_word_contribution']:+.3f} on object words "
+            f"({result['val_object_word_loss']:.3f} vs {result['val_object_word_loss_shuffled_images']:.3f}); "
             f"distinct greedy captions {100 * result['distinct_captions']:.0f}% of "
             f"{min(100, len(val_data))} val images; |tanh gate| max {max(gates, default=0):.3f}; "
             f"full stage-2 val loss {result['val_loss']:.3f}\n"

@@ -5,6 +5,10 @@
   val_caption_loss_blank_image      the same captions with a uniform grey image (the oracle: no objects)
   val_caption_loss_text_only        the frozen LM alone on the same tokens (computed once, before training)
   image_contribution                shuffled - true (nats/token): what reading *this* image adds
+  val_object_word_loss[_shuffled_images]  the same, on the object words only (shape nouns, their synonyms and
+                                    plurals); object_word_contribution = shuffled - true. A captioner can read
+                                    counts and colours (a large image_contribution) while its object words stay
+                                    blind: this is the number CHAIR follows.
   gate_attn.<layer>, gate_ff.<layer>   tanh of every cross-attention gate (0 = the block adds nothing)
   distinct_captions                 share of distinct greedy captions over (up to) 100 val images
 
@@ -17,7 +21,10 @@ from contextlib import nullcontext
 
 import torch
 
+import torch.nn.functional as F
+
 from ..data.images import blank_like, to_pixel_values
+from ..data.scene_vocab import PLURALS, SHAPE_SYNONYMS
 from ..data.padding import trim_right_padding
 from ..data.pairs import CaptionedImages
 from ..data.prompts import FlamingoPrompts
@@ -47,14 +54,28 @@ def _mean_nll(pairs) -> float:
     return total / max(count, 1)
 
 
+def object_word_ids(prompts: FlamingoPrompts) -> torch.Tensor:
+    """Token ids of the scenes' object words (every shape synonym, singular and plural, as it appears inside a
+    caption, after a space) that are one token in this tokenizer: a word split into pieces is left out, since its
+    first piece may also start other words."""
+    words = {w for names in SHAPE_SYNONYMS.values() for w in names}
+    words |= {PLURALS[w] for w in words if w in PLURALS}
+    pieces = [prompts.caption_ids(w) for w in sorted(words)]
+    return torch.tensor(sorted({p[0] for p in pieces if len(p) == 1}), dtype=torch.long)
+
+
 @torch.no_grad()
-def caption_losses(model, data: CaptionedImages, prompts: FlamingoPrompts, device, batch_size: int = 64) -> dict:
+def caption_losses(model, data: CaptionedImages, prompts: FlamingoPrompts, device, batch_size: int = 64,
+                   object_ids: torch.Tensor | None = None) -> dict:
     """Validation losses of the captioner: `val_loss` is the full stage-2 objective (caption + <|endofchunk|>);
     `val_caption_loss` scores caption tokens 2..n only, the tokens `text_only_caption_loss` also scores; the same
-    with each caption given another val image (image i+1) and with a blank grey image."""
+    with each caption given another val image (image i+1) and with a blank grey image; the object-word losses on
+    the tokens `object_ids` (default: `object_word_ids`)."""
     dtype = model_dtype(model)
     n_images = len(data)
+    objects = (object_word_ids(prompts) if object_ids is None else object_ids).to(device)
     full, losses = [], {"": [], "_shuffled_images": [], "_blank_image": []}
+    object_losses = {"": [], "_shuffled_images": []}
     for rows, ids, mask, labels, inner in _first_caption_batches(data, prompts, batch_size):
         own = data.images[rows]
         images = {"": own, "_shuffled_images": data.images[(torch.arange(rows.start, rows.stop) + 1) % n_images],
@@ -63,12 +84,20 @@ def caption_losses(model, data: CaptionedImages, prompts: FlamingoPrompts, devic
         n = int((labels[:, 1:] != -100).sum())
         px = to_pixel_values(own.to(device), dtype)[:, None]
         full.append((model(px, ids, mask, labels=labels.to(device)).loss.float().item(), n))
-        n = int((inner[:, 1:] != -100).sum())
+        target = inner[:, 1:].to(device)
+        scored, is_object = target != -100, torch.isin(target, objects)
         for suffix, imgs in images.items():
             px = to_pixel_values(imgs.to(device), dtype)[:, None]
-            losses[suffix].append((model(px, ids, mask, labels=inner.to(device)).loss.float().item(), n))
-    out = {"val_loss": _mean_nll(full), **{f"val_caption_loss{k}": _mean_nll(v) for k, v in losses.items()}}
+            logits = model(px, ids, mask).logits[:, :-1].float()
+            nll = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-100, reduction="none")
+            nll = nll.view_as(target)
+            losses[suffix].append((nll[scored].mean().item(), int(scored.sum())))
+            if suffix in object_losses and is_object.any():
+                object_losses[suffix].append((nll[is_object].mean().item(), int(is_object.sum())))
+    out = {"val_loss": _mean_nll(full), **{f"val_caption_loss{k}": _mean_nll(v) for k, v in losses.items()},
+           **{f"val_object_word_loss{k}": _mean_nll(v) for k, v in object_losses.items()}}
     out["image_contribution"] = out["val_caption_loss_shuffled_images"] - out["val_caption_loss"]
+    out["object_word_contribution"] = out["val_object_word_loss_shuffled_images"] - out["val_object_word_loss"]
     return out
 
 
