@@ -16,14 +16,13 @@ from transformers import AutoModelForCausalLM, GPT2Config, PreTrainedTokenizerFa
 from spark_vlm.data.oracle_tokens import OBJECT_TOKEN_DIM
 from spark_vlm.data.scene_vocab import PLURALS
 from spark_vlm.data.scenes import SceneConfig, generate_scene
-from spark_vlm.data.tokenizer import train_sentencepiece
 from spark_vlm.explorer import session
 from spark_vlm.explorer.__main__ import main as explorer_main
 from spark_vlm.explorer.session import Picture, RunPair
 from spark_vlm.metrics.chair import compute_chair
-from spark_vlm.models.dual_encoder import SparkConfig, SparkModel
 from spark_vlm.models.flamingo import FlamingoConfig, SparkFlamingo
 from spark_vlm.models.oracle_vision import OracleVision, OracleVisionConfig
+from test_eval_cli import tiny_stage1_run
 from test_flamingo import set_gates, single_thread  # noqa: F401 (autouse fixture)
 
 TINY = dict(num_latents=4, resampler_depth=1, resampler_heads=2, resampler_dim_head=8, xattn_heads=2,
@@ -43,38 +42,26 @@ def word_tokenizer(captions: list[str]) -> PreTrainedTokenizerFast:
 def build_runs(root) -> dict[str, str]:
     """A tiny random stage-1 run (32 px scenes, a 4x4 patch grid), a stage-2 run on it and a stage-2 run on the
     oracle tower, written as the trainers write them, with a word-level LM. Returns their directories."""
-    captions = [c for i in range(30) for c in generate_scene(SceneConfig(image_size=32), "train", i)["captions"]]
-    tok = train_sentencepiece(captions, vocab_size=120, cache_dir=root / "sp")
-    torch.manual_seed(0)
-    stage1 = SparkModel(SparkConfig(image_size=32, patch_size=8, vision_width=32, vision_layers=1, vision_heads=2,
-                                    vocab_size=tok.vocab_size, max_text_len=24, text_width=32, text_layers=1,
-                                    text_heads=2, embed_dim=16))
-    stage1.save_pretrained(root / "stage1")
-    tok.save(root / "stage1")
+    runs = {"stage1": tiny_stage1_run(root)}
     OracleVision(OracleVisionConfig(image_size=32)).save_pretrained(root / "oracle")
-    lm_tokenizer = word_tokenizer(captions)
+    lm_tokenizer = word_tokenizer([c for i in range(30) for c in generate_scene(SceneConfig(image_size=32), "train", i)["captions"]])
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(GPT2Config(vocab_size=len(lm_tokenizer), n_embd=32, n_layer=2, n_head=2,
                                                 n_positions=64, bos_token_id=0, eos_token_id=0,
                                                 initializer_range=0.2)).save_pretrained(root / "lm")
     lm_tokenizer.save_pretrained(root / "lm")
-    runs = {"stage1": str(root / "stage1")}
-    for name, vision, width in (("stage2", "stage1", 32), ("oracle2", "oracle", OBJECT_TOKEN_DIM)):
+    for name, vision, width in (("stage2", runs["stage1"], 32), ("oracle2", root / "oracle", OBJECT_TOKEN_DIM)):
         torch.manual_seed(3)
-        model = SparkFlamingo.from_pretrained_parts(FlamingoConfig(vision_width=width, **TINY), str(root / vision),
-                                                    str(root / "lm"))
+        model = SparkFlamingo.from_pretrained_parts(FlamingoConfig(vision_width=width, **TINY),
+                                                    str(vision), str(root / "lm"))
         set_gates(model, 0.8)  # open gates: the image changes the words
         runs[name] = model.save_pretrained(str(root / name))
     return runs
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    return build_runs(tmp_path_factory.mktemp("explorer"))
-
-
-@pytest.fixture(scope="module")
-def pairs(runs):
+def pairs(explorer_runs):
+    runs = explorer_runs  # conftest.py: build_runs, once per session
     return RunPair(runs["stage1"], runs["stage2"]), RunPair(runs["stage1"], runs["oracle2"])
 
 
@@ -200,12 +187,12 @@ def test_the_http_api(pairs):
     assert client.post("/api/align", json={"scene": 1, "caption": "a ring"}).json()["pairs"][0]["tokens"]
 
 
-def test_the_command_line_refuses_a_missing_run_in_one_line(tmp_path, capsys, runs):
+def test_the_command_line_refuses_a_missing_run_in_one_line(tmp_path, capsys, explorer_runs):
     with pytest.raises(SystemExit) as exit_info:
-        explorer_main(["--stage1", str(tmp_path / "nope"), "--stage2", runs["stage2"]])
+        explorer_main(["--stage1", str(tmp_path / "nope"), "--stage2", explorer_runs["stage2"]])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "not a stage-1 run" in err and err.count("\n") == 1
     with pytest.raises(SystemExit) as exit_info:
-        explorer_main(["--compare-stage1", runs["stage1"]])
+        explorer_main(["--compare-stage1", explorer_runs["stage1"]])
     assert exit_info.value.code == 2 and "go together" in capsys.readouterr().err

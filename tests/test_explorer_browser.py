@@ -17,7 +17,6 @@ import pytest
 
 from spark_vlm.explorer.server import create_app, serve
 from spark_vlm.explorer.session import RunPair
-from test_explorer import build_runs
 
 pytestmark = pytest.mark.slow  # a browser and a server
 
@@ -35,8 +34,8 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    runs = build_runs(tmp_path_factory.mktemp("browser_runs"))
+def server(explorer_runs):
+    runs = explorer_runs  # conftest.py: test_explorer.build_runs, once per session
     app = create_app([RunPair(runs["stage1"], runs["stage2"]), RunPair(runs["stage1"], runs["oracle2"])])
     port = free_port()
     uvicorn_server = serve(app, port)
@@ -76,6 +75,9 @@ def test_the_page_in_a_browser(server, browser, tmp_path):
     wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
     assert len(browser.find_elements(By.CLASS_NAME, "pair")) == 2  # two run pairs side by side
 
+    words_input = find(By.ID, "max-words")
+    words_input.clear()
+    words_input.send_keys("8")  # fewer decoding steps: a quicker test
     scene = find(By.ID, "scene")
     scene.clear()
     scene.send_keys("3")

@@ -97,7 +97,7 @@ class RunPair:
     """A stage-1 run and a stage-2 run, loaded once."""
 
     def __init__(self, stage1: str | Path, stage2: str | Path, device: str = "cpu"):
-        self.name = f"{Path(stage1).name} + {Path(stage2).name}"
+        self.name = " + ".join("/".join(Path(run).resolve().parts[-2:]) for run in (stage1, stage2))
         self.spark, self.spark_tokenizer = load_stage1_run(stage1)
         self.captioner, self.prompts = load_captioner(stage2, device)
         self.oracle = isinstance(self.captioner.vision, OracleVision)
@@ -187,7 +187,8 @@ def caption(pair: RunPair, picture: Picture, options: dict | None = None) -> dic
     for group in _words(prompts.tokenizer, kept):
         word = prompts.tokenizer.decode([kept[i] for i in group]).strip()
         heat = looked[group].mean(0).numpy()
-        mentions = extract_objects(word, SCENE_VOCAB)
+        mentions = extract_objects(word, SCENE_VOCAB)  # CHAIR's matching, one word at a time (the scene
+        # vocabulary has no two-word names); the caption's own CHAIR numbers below come from compute_chair
         category = mentions[0][1] if mentions else None
         words.append({"text": word, "overlay": _overlay(pair, image, heat, scene), "object": category,
                       "hallucinated": None if present is None or category is None else category not in present})

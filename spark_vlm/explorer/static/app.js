@@ -41,7 +41,7 @@ function showPicture(data) {
 async function captionPicture() {
   const mode = $("mode").value;
   const decoding = {mode, num_beams: Number($("beams").value), temperature: Number($("temperature").value),
-                    seed: Number($("seed").value)};
+                    seed: Number($("seed").value), max_new_tokens: Number($("max-words").value)};
   const data = await post("/api/caption", {decoding});
   if (!data) return;
   if (data.scene !== null) { picture = {scene: data.scene}; $("scene").value = data.scene; }  // "random" drawn
