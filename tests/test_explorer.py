@@ -23,7 +23,7 @@ from spark_vlm.metrics.chair import compute_chair
 from spark_vlm.models.flamingo import FlamingoConfig, SparkFlamingo
 from spark_vlm.models.oracle_vision import OracleVision, OracleVisionConfig
 from test_eval_cli import tiny_stage1_run
-from test_flamingo import set_gates, single_thread  # noqa: F401 (autouse fixture)
+from test_flamingo import make_tokenizer, set_gates, single_thread  # noqa: F401 (autouse fixture)
 
 TINY = dict(num_latents=4, resampler_depth=1, resampler_heads=2, resampler_dim_head=8, xattn_heads=2,
             xattn_dim_head=8, ff_mult=2)
@@ -97,12 +97,21 @@ def test_chair_marks_on_a_hand_written_caption(pairs, monkeypatch):
     there = scene["objects"][0]["shape"]
     absent = next(s for s in ("ring", "star") if s not in session.scene_objects(scene))
     pair = pairs[0]
-    text = f"two {there}s and a {absent}"
+    text = f"two {PLURALS[there]} and a {absent}"
     ids = pair.prompts.caption_ids(text) + [pair.prompts.end_id]
     monkeypatch.setattr(pair.captioner, "generate", lambda *a, **k: torch.tensor([ids]))
     words = session.caption(pair, Picture.of_scene(3))["words"]
     marks = {w["text"]: w["hallucinated"] for w in words}
-    assert marks == {"two": None, f"{there}s": False, "and": None, "a": None, absent: True}
+    assert marks == {"two": None, PLURALS[there]: False, "and": None, "a": None, absent: True}
+
+
+def test_words_group_byte_level_tokens_into_the_written_words():
+    tokenizer = make_tokenizer()  # byte-level BPE, as GPT-2's
+    text = "two green cylinders behind a small yellow cube"
+    ids = tokenizer(" " + text, add_special_tokens=False)["input_ids"]
+    assert len(ids) > len(text.split())  # some words are several tokens
+    groups = session._words(tokenizer, ids)
+    assert [tokenizer.decode([ids[i] for i in g]).strip() for g in groups] == text.split()
 
 
 def test_decoding_options_and_their_errors(pairs):
