@@ -42,7 +42,12 @@ demo: install
 	$(BIN)/python eval/pope.py --checkpoint runs/stage2 --instances $(SCENES)/annotations/instances_test.json \
 	  --image-dir $(SCENES)/test --num-images 100 --out runs/eval/pope.json
 
+# The explorer's browser test (tests/test_explorer_browser.py) drives Debian's chromium through chromedriver.
 test: install
+	@{ command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || { \
+	  echo "installing chromium + chromium-driver for the explorer's browser test"; \
+	  (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null) || \
+	  echo "warning: no chromium found and apt-get failed; the explorer's browser test will be skipped"; }
 	$(BIN)/python -m pytest tests
 
 clean:

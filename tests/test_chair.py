@@ -398,3 +398,12 @@ def test_chair_blind_baseline_beside_the_model(tmp_path):
     assert report.result["blind_baseline"]["CHAIRi"] == pytest.approx(direct["CHAIRi"])
     assert report.result["blind_baseline"]["CHAIRs"] == pytest.approx(direct["CHAIRs"])
     assert [r["captions"] for r in report.rows] == ["model", "blind baseline (seed 3)"]
+
+
+def test_an_instances_file_that_is_not_an_object_is_one_clear_error():
+    """Found by the CLI fuzz: an instances file holding just `0` was a TypeError, not a message."""
+    captions = {"images": [{"id": 1}], "annotations": [{"image_id": 1, "caption": "a dog"}]}
+    vocab = ChairVocabulary.from_synonyms({"dog": ["dog"]})
+    for bad in (0, [1], "x"):
+        with pytest.raises(ValueError, match="instances file i.json must be a COCO JSON object"):
+            gt_objects_from_coco(bad, captions, vocab, instances_name="instances file i.json")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from spark_vlm.data import coco_export
@@ -31,19 +32,24 @@ def cli(name: str):
     return module
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ckpt")
+def tiny_stage1_run(root: Path, extra_captions: tuple[str, ...] = ()) -> str:
+    """A tiny random stage-1 run (32 px, a 4x4 patch grid) with a SentencePiece tokenizer of 40 scenes' captions
+    (and `extra_captions`), written as stage 1 writes it: root/run."""
     captions = [c for i in range(40) for c in generate_scene(SceneConfig(image_size=32), "train", i)["captions"]]
-    tok = train_sentencepiece(captions + ["a photo of a cat", "a dog"], vocab_size=200, cache_dir=root / "sp")
+    tok = train_sentencepiece(captions + list(extra_captions), vocab_size=200, cache_dir=root / "sp")
+    torch.manual_seed(0)
     config = SparkConfig(image_size=32, patch_size=8, vision_width=32, vision_layers=1, vision_heads=2,
                          vocab_size=tok.vocab_size, max_text_len=24, text_width=32, text_layers=1, text_heads=2,
                          embed_dim=16)
-    model = SparkModel(config)
     run = root / "run"
-    model.save_pretrained(run)
+    SparkModel(config).save_pretrained(run)
     tok.save(run)
     return str(run)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return tiny_stage1_run(tmp_path_factory.mktemp("ckpt"), ("a photo of a cat", "a dog"))
 
 
 def run_twice(name: str, argv: list[str], out: Path) -> dict:

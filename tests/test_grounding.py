@@ -69,19 +69,9 @@ def test_cli_reports_model_beside_its_baselines(tmp_path):
         import grounding as cli
     finally:
         sys.path.pop(0)
-    from spark_vlm.data.scenes import SceneConfig, generate_scene
-    from spark_vlm.data.tokenizer import train_sentencepiece
-    from spark_vlm.models.dual_encoder import SparkConfig, SparkModel
+    from test_eval_cli import tiny_stage1_run
 
-    captions = [c for i in range(40) for c in generate_scene(SceneConfig(image_size=32), "train", i)["captions"]]
-    tok = train_sentencepiece(captions, vocab_size=200, cache_dir=tmp_path / "sp")
-    torch.manual_seed(0)
-    model = SparkModel(SparkConfig(image_size=32, patch_size=8, vision_width=32, vision_layers=1, vision_heads=2,
-                                   vocab_size=tok.vocab_size, max_text_len=24, text_width=32, text_layers=1,
-                                   text_heads=2, embed_dim=16))
-    run = tmp_path / "run"
-    model.save_pretrained(run)
-    tok.save(run)
+    run = tiny_stage1_run(tmp_path)
     out = tmp_path / "g.json"
     result = cli.main(["--checkpoint", str(run), "--num-images", "12", "--out", str(out)])
     first = out.read_text()

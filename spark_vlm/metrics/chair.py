@@ -339,6 +339,8 @@ def gt_objects_from_coco(instances_json: Mapping[str, Any] | None,
     captions = coco_entries(captions_json, "annotations", captions_name, ids=("image_id",), strings=("caption",))
     objects: dict[Hashable, set[str]] = {}
     for name, source in ((instances_name, instances_json), (captions_name, captions_json)):
+        if source is not None and not isinstance(source, Mapping):  # e.g. a file holding just `0`
+            raise ValueError(f"{name} must be a COCO JSON object, not {type(source).__name__}")
         if source is not None and "images" in source:
             for image in coco_entries(source, "images", name, ids=("id",)):
                 objects.setdefault(image["id"], set())
