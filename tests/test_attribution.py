@@ -44,7 +44,8 @@ def test_xattn_weights_reproduce_the_layer_output_and_a_per_head_loop(model):
     weights = xattn_weights(attn, x, media, kv)  # [1, heads, T, n]
     q = attn.to_q(attn.norm(x))[0]
     k, v = attn.project_kv(media.latents)
-    allowed = media.attn_mask[0, 0]
+    # one image per row: no mask is built (every token may read every latent; has_media zeroes the rest)
+    allowed = torch.ones(q.shape[0], k.shape[2], dtype=torch.bool) if media.attn_mask is None else media.attn_mask[0, 0]
     dim_head = q.shape[-1] // attn.heads
     for h in range(attn.heads):
         expected = slow_weights(q[:, h * dim_head:(h + 1) * dim_head], k[0, h], allowed)
@@ -75,3 +76,17 @@ def test_word_patch_attribution_is_a_rollout_and_changes_nothing(model):
                 assert abs(float(result["text_patches"][b, t, p]) - float(value)) < 1e-6
     # the two images differ, so the rows read different patches
     assert not torch.allclose(result["latent_patches"][0], result["latent_patches"][1])
+
+
+def test_linear_resampler_attribution_reads_patches_directly():
+    """resampler=linear: visual token i is patch i, so text -> patches is the xattn weights themselves."""
+    model = make_model(resampler="linear").eval()
+    set_gates(model, 0.7)
+    ids, mask = left_pad([[model.image_token_id, 6, 7]])
+    px = images(1, 1)
+    result = word_patch_attribution(model, px, ids, mask)
+    patches = model.vision.config.num_patches
+    assert result["text_patches"].shape == (1, 3, patches)
+    torch.testing.assert_close(result["text_patches"], result["text_latents"])
+    torch.testing.assert_close(result["text_patches"].sum(-1), torch.ones(1, 3))
+    torch.testing.assert_close(result["logits"], model(px, ids, mask).logits, atol=0, rtol=0)

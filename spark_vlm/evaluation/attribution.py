@@ -10,6 +10,8 @@ is stored on the model (the hooks write into a list local to the call and are re
     latents -> patches:        the perceiver's last attention layer, over its media keys, head-averaged [n, P]
     text token t -> patches:   their product (attention rollout through the resampler)                  [T, P]
 
+With `resampler=linear` every patch is its own visual token, so latents -> patches is the identity.
+
 The perceiver's latents also attend to themselves; those keys are left out, so a row of the latent->patch
 matrix sums to the share of attention that went to the image (< 1), and the rollout keeps that scale. The
 gate values are not folded in: a closed gate makes a layer's weights meaningless for the output, which the
@@ -22,7 +24,7 @@ import math
 import torch
 
 from ..models.gated_xattn import MaskedCrossAttention
-from ..models.perceiver import PerceiverAttention, split_heads
+from ..models.perceiver import PerceiverAttention, PerceiverResampler, split_heads
 
 
 def xattn_weights(module: MaskedCrossAttention, x: torch.Tensor, media, kv=None) -> torch.Tensor:
@@ -31,7 +33,9 @@ def xattn_weights(module: MaskedCrossAttention, x: torch.Tensor, media, kv=None)
     q = split_heads(module.to_q(module.norm(x)), module.heads)
     k, _ = kv if kv is not None else module.project_kv(media.latents)
     scores = (q @ k.transpose(-1, -2)).float() / math.sqrt(q.shape[-1])
-    weights = scores.masked_fill(~media.attn_mask, float("-inf")).softmax(-1)
+    if media.attn_mask is not None:  # None: one image per row, every token may read every latent
+        scores = scores.masked_fill(~media.attn_mask, float("-inf"))
+    weights = scores.softmax(-1)
     return weights * media.has_media[:, None].to(weights.dtype)
 
 
@@ -63,16 +67,22 @@ def word_patch_attribution(model, pixel_values: torch.Tensor, input_ids: torch.T
     if pixel_values.shape[1] != 1:
         raise ValueError(f"attribution takes one image per sequence, got {pixel_values.shape[1]}")
     xattn, perceiver = [], []
+    resampling = isinstance(model.perceiver, PerceiverResampler)
     hooks = [_recording(layer.gated_xattn.attn, xattn_weights, xattn)
              for layer in model.flamingo_layers() if layer.gated_xattn is not None]
-    hooks.append(_recording(model.perceiver.layers[-1][0], perceiver_weights, perceiver))
+    if resampling:
+        hooks.append(_recording(model.perceiver.layers[-1][0], perceiver_weights, perceiver))
     try:
         logits = model(pixel_values, input_ids, attention_mask).logits
     finally:
         for hook in hooks:
             hook.remove()
-    num_patches = perceiver[0].shape[-1] - model.perceiver.num_latents
     text_latents = torch.stack(xattn).mean(dim=(0, 2)).cpu()  # [B, T, n] (M = 1)
-    latent_patches = perceiver[0][:, 0].mean(1)[..., :num_patches].cpu()  # [B, n, P]
+    if resampling:
+        num_patches = perceiver[0].shape[-1] - model.perceiver.num_latents
+        latent_patches = perceiver[0][:, 0].mean(1)[..., :num_patches].cpu()  # [B, n, P]
+    else:  # resampler=linear: visual token i is patch i
+        n = text_latents.shape[-1]
+        latent_patches = torch.eye(n).expand(len(text_latents), n, n)
     return {"text_latents": text_latents, "latent_patches": latent_patches,
             "text_patches": text_latents @ latent_patches, "logits": logits}

@@ -41,14 +41,14 @@ class MediaContext:
     latents:   [B, M, n, dim] resampled visual tokens of the M images of each sample.
     attn_mask: [B, 1, T, M*n] bool, True where text token t may attend to a latent: only the latents of the most
                recent `<image>` at or before t. Rows of tokens without an image are all True (a defined softmax);
-               their output is replaced by exact zeros using `has_media`.
+               their output is replaced by exact zeros using `has_media`. None with one image (all True).
     has_media: [B, T, 1] bool, False for tokens that come before any `<image>`.
     kv:        optional {decoder layer index: (k, v)} with k, v [B, heads, M*n, dim_head], the cross-attention
                keys/values computed once per `generate()` call instead of once per generated token.
     """
 
     latents: torch.Tensor
-    attn_mask: torch.Tensor
+    attn_mask: torch.Tensor | None
     has_media: torch.Tensor
     kv: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
     ran: set[int] = field(default_factory=set)  # decoder layer indices whose xattn block used this context
@@ -61,8 +61,19 @@ class MediaContext:
         # Media index of every key: image 1's n latents, then image 2's, ...
         key_media = torch.arange(1, num_media + 1, device=latents.device).repeat_interleave(num_latents)
         has_media = media_index > 0
+        if num_media == 1:
+            # One image: every row of the mask is all True (its image, or no image yet), so SDPA takes no mask
+            # and can use its fused kernel; the result is the same (tests/test_flamingo.py checks it).
+            return cls(latents=latents, attn_mask=None, has_media=has_media[:, :, None], kv=kv)
         attn_mask = (media_index[:, :, None] == key_media) | ~has_media[:, :, None]
         return cls(latents=latents, attn_mask=attn_mask[:, None], has_media=has_media[:, :, None], kv=kv)
+
+    def explicit_mask(self, media_index: torch.Tensor) -> "MediaContext":
+        """This context with the mask written out even for one image (the slow reference of `build`)."""
+        num_media, num_latents = self.latents.shape[1:3]
+        key_media = torch.arange(1, num_media + 1, device=self.latents.device).repeat_interleave(num_latents)
+        mask = (media_index[:, :, None] == key_media) | ~self.has_media
+        return MediaContext(self.latents, mask[:, None], self.has_media, self.kv)
 
 
 class MaskedCrossAttention(nn.Module):

@@ -26,6 +26,7 @@ from ..data.stage2 import stage2_arrays, stage2_datasets
 from ..models import flamingo_io
 from ..models.flamingo import SparkFlamingo, UnsupportedLMError
 from ..models.oracle_vision import OracleVision, OracleVisionConfig
+from ..models.perceiver import PatchProjector
 from .errors import SetupError
 from .run import Stage
 from .stage2_config import Stage2Config
@@ -143,13 +144,37 @@ def export_run(accelerator, model, tokenizer, manifest: dict, run_dir: Path) -> 
 
 
 def stage2_flops_per_sample(model: SparkFlamingo, text_len: float) -> float:
-    """Frozen vision forward (2NT), frozen LM forward + activation backward (4NT), trainable parts forward +
-    full backward (6NT). Approximate: attention scores are left out."""
-    n_all = sum(p.numel() for p in model.parameters())
-    n_train = sum(p.numel() for p in model.trainable_parameters())
-    n_vision = sum(p.numel() for p in model.vision.parameters())
-    n_lm = n_all - n_vision - n_train
-    return 2 * n_vision * model.vision.config.num_patches + (4 * n_lm + 6 * n_train) * text_len
+    """Matmul FLOPs of one training sample, each part on the tokens it runs on (2 per multiply-add and token for
+    the forward, 2 for the activation backward, 2 for the weight backward; attention scores left out):
+      frozen image tower   forward only, on its P patches (a SparkModel's text tower does not run)
+      perceiver            forward + full backward: proj_in and norm_media on the P patches, to_kv on the P
+                           patches + n latents, the rest on the n latents (resampler=linear: all on the P
+                           patches, which are then the n = P visual tokens)
+      xattn blocks         forward + full backward: to_kv on the n latents, the rest on the text tokens
+      frozen LM            forward + activation backward on the text tokens (the new head rows and LoRA with it);
+                           embedding tables are look-ups, not matmuls (a head tied to one still counts)
+    tests/test_flamingo.py checks it against torch's FlopCounterMode on a real step."""
+    numel = lambda modules: sum(p.numel() for m in modules for p in m.parameters())  # noqa: E731
+    patches = model.vision.config.num_patches
+    tower = getattr(model.vision, "vision_model", model.vision)
+    perceiver = model.perceiver
+    if isinstance(perceiver, PatchProjector):  # resampler=linear: every patch is a visual token
+        latents, media, kv = patches, [perceiver], []
+    else:
+        latents = perceiver.num_latents
+        media = [perceiver.proj_in, *(attn.norm_media for attn, _ in perceiver.layers)]
+        kv = [attn.to_kv for attn, _ in perceiver.layers]
+    blocks = [layer.gated_xattn for layer in model.flamingo_layers() if layer.gated_xattn is not None]
+    xattn_kv = [block.attn.to_kv for block in blocks]
+    n_perceiver, n_xattn = numel([perceiver]), numel(blocks)
+    head = model.lm.get_output_embeddings().weight
+    tables = [m for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.weight is not head]
+    n_lm = (sum(p.numel() for p in model.parameters()) - numel([model.vision]) - n_perceiver - n_xattn
+            - numel(tables))
+    trainable = (numel(media) * patches + numel(kv) * (patches + latents)
+                 + (n_perceiver - numel(media) - numel(kv)) * latents
+                 + numel(xattn_kv) * latents + (n_xattn - numel(xattn_kv)) * text_len)
+    return 2 * numel([tower]) * patches + 6 * trainable + 4 * n_lm * text_len
 
 
 def build_stage2(cfg: Stage2Config, accelerator) -> Stage:
