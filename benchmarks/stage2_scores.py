@@ -30,7 +30,8 @@ from spark_vlm.metrics.pope import SETTINGS, pope_scores
 from spark_vlm.models.oracle_vision import OracleVision
 
 CONTROLS = ("val_caption_loss", "val_caption_loss_shuffled_images", "val_caption_loss_blank_image",
-            "val_caption_loss_text_only", "image_contribution", "distinct_captions")
+            "val_caption_loss_text_only", "image_contribution", "distinct_captions",
+            "val_object_word_loss", "val_object_word_loss_shuffled_images", "object_word_contribution")
 
 
 def model_inputs(model, num_images: int) -> tuple[np.ndarray, list[int]]:
@@ -69,17 +70,25 @@ def score_run(run_dir: str, annotations: dict, num_images: int, pope_images: int
             "pope": pope, **{k: final.get(k) for k in CONTROLS}, "step": final.get("step")}
 
 
+def object_words(r: dict) -> str:
+    if r.get("object_word_contribution") is None:  # a run from before the object-word controls
+        return "–"
+    return (f"{r['val_object_word_loss']:.3f} / {r['val_object_word_loss_shuffled_images']:.3f} "
+            f"({r['object_word_contribution']:+.3f})")
+
+
 def table(rows: list[dict]) -> str:
     pope_keys = sorted(rows[0]["pope"])
     head = ["run", "CHAIRi (blind)", "CHAIRs (blind)", "obj/cap", "distinct", "own / other / blank / text-only",
-            "image contrib."] + [f"POPE {k}" for k in pope_keys]
+            "image contrib.", "object words own / another (contrib.)"] + [f"POPE {k}" for k in pope_keys]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         losses = " / ".join(f"{r[k]:.3f}" for k in CONTROLS[:4])
         cells = [Path(r["run"]).name + (" (oracle)" if r["oracle"] else ""),
                  f"{r['CHAIRi']:.1f} ({r['blind_CHAIRi']:.1f})", f"{r['CHAIRs']:.1f} ({r['blind_CHAIRs']:.1f})",
                  f"{r['objects_per_caption']:.2f}", f"{100 * r['distinct_test_captions']:.0f}%", losses,
-                 f"{r['image_contribution']:+.3f}"] + [f"{r['pope'][k]['accuracy']:.1f}" for k in pope_keys]
+                 f"{r['image_contribution']:+.3f}", object_words(r)] + [f"{r['pope'][k]['accuracy']:.1f}"
+                                                                       for k in pope_keys]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -5,7 +5,8 @@ captioner). A `Picture` is a built-in test scene (exact ground truth) or an uplo
 picture:
   caption()  the generated caption (greedy, beam or sampling), each word with an overlay of where it looked
              (evaluation/attribution.py: the xattn weights of the position that predicted the word's tokens,
-             rolled out through the perceiver to the patches) and, on a scene, CHAIR's verdict on it
+             rolled out through the perceiver to the patches, or read directly with resampler=linear) and, on a
+             scene, CHAIR's verdict on it
   align()    a typed caption's per-token SPARK alignment maps (evaluation/alignment.py)
   pope()     the POPE yes/no answer to "Is there a {object} in the image?" (evaluation/pope.py, zero-shot)
 An oracle run (vision_checkpoint=oracle) reads a scene's object tokens, not pixels: its attribution is drawn per
@@ -197,8 +198,10 @@ def caption(pair: RunPair, picture: Picture, options: dict | None = None) -> dic
         scored = compute_chair([{"image_id": 0, "caption": text}], {0: present}, SCENE_VOCAB)
         chair = {key: scored[key] for key in ("CHAIRs", "CHAIRi")} | {
             "hallucinated": scored["per_caption"][0]["hallucinated"], "truth": sorted(present)}
+    route = ("word -> cross-attention latents -> perceiver -> patches"
+             if pair.captioner.config.resampler == "perceiver" else "word -> cross-attention over the patches")
     attribution = ("per object token: each box is the share of the word's attention that reached that object"
-                   if pair.oracle else "per patch: word -> cross-attention latents -> perceiver -> patches")
+                   if pair.oracle else f"per patch: {route}")
     return {"caption": text, "words": words, "chair": chair, "attribution": attribution}
 
 
