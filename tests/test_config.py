@@ -94,7 +94,8 @@ def test_bad_files(tmp_path):
 
 def test_model_section_is_the_hf_config_kwargs():
     # One definition per setting: the stage-1 model section is `preset` + SparkConfig's keyword arguments (the
-    # preset's values where not set), stage 2's is FlamingoConfig's with FlamingoConfig's defaults.
+    # preset's values where not set), stage 2's is FlamingoConfig's with FlamingoConfig's defaults, except the one
+    # measured recipe choice `resampler=linear` (FlamingoConfig keeps the reference perceiver older runs hold).
     from spark_vlm.models import PRESETS, SparkConfig
     from spark_vlm.models.flamingo import FlamingoConfig
     from spark_vlm.training.stage2_config import Stage2Config
@@ -103,8 +104,9 @@ def test_model_section_is_the_hf_config_kwargs():
     assert small.to_dict() == SparkConfig(**{**PRESETS["small"], "mlp_ratio": 2.0}).to_dict()
     assert Stage1Config().model.spark_config().to_dict() == SparkConfig().to_dict()
     stage2 = load_config(Stage2Config, None, ["model.resampler_depth=3"]).model.flamingo_config(vision_width=32)
-    assert stage2.to_dict() == FlamingoConfig(vision_width=32, resampler_depth=3).to_dict()
-    assert Stage2Config().model.flamingo_config(128).to_dict() == FlamingoConfig().to_dict()
+    assert stage2.to_dict() == FlamingoConfig(vision_width=32, resampler_depth=3, resampler="linear").to_dict()
+    assert Stage2Config().model.flamingo_config(128).to_dict() == FlamingoConfig(resampler="linear").to_dict()
+    assert FlamingoConfig().resampler == "perceiver"
 
 
 def test_stage2_tiny_yaml_equals_the_defaults():
