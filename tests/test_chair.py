@@ -314,15 +314,33 @@ def test_chair_evaluate_module_loads_offline_and_matches_library():
     assert chair.compute(predictions=preds, references=objects)["CHAIRi"] == pytest.approx(62.5)
 
 
-def _run_cli(tmp_path, *extra):
+def hallucination_here(capsys, argv):
+    """`python eval/hallucination.py *argv` in this process (the same main(), without its imports): exit code,
+    stdout, stderr. test_cli_end_to_end launches the real program."""
+    from test_cli_fuzz import cli
+
+    capsys.readouterr()
+    try:
+        cli("hallucination").main(argv)
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(argv, code, out.out, out.err)
+
+
+def _run_cli(tmp_path, *extra, capsys=None):
     results = [{"image_id": 1, "caption": "A dog and a cat on a couch."},
                {"image_id": 2, "caption": "A man next to a bus."}]
     (tmp_path / "results.json").write_text(json.dumps(results))
     (tmp_path / "captions.json").write_text(json.dumps(CAPTIONS))
     (tmp_path / "instances.json").write_text(json.dumps(INSTANCES))
-    cmd = [sys.executable, str(REPO / "eval" / "hallucination.py"), "--results", str(tmp_path / "results.json"),
-           "--captions", str(tmp_path / "captions.json"), "--out", str(tmp_path / "chair.json"), *extra]
-    return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **OFFLINE}, timeout=120)
+    argv = ["--results", str(tmp_path / "results.json"), "--captions", str(tmp_path / "captions.json"),
+            "--out", str(tmp_path / "chair.json"), *extra]
+    if capsys is not None:
+        return hallucination_here(capsys, argv)
+    return subprocess.run([sys.executable, str(REPO / "eval" / "hallucination.py"), *argv], capture_output=True,
+                          text=True, env={**os.environ, **OFFLINE}, timeout=120)
 
 
 def test_cli_end_to_end(tmp_path):
@@ -335,31 +353,29 @@ def test_cli_end_to_end(tmp_path):
     assert "| CHAIRs | CHAIRi |" in proc.stdout
 
 
-def test_cli_custom_synonyms_and_bad_json(tmp_path):
+def test_cli_custom_synonyms_and_bad_json(tmp_path, capsys):
     (tmp_path / "synonyms.json").write_text(json.dumps({"dog": ["dog", "puppy"], "bus": ["bus"]}))
-    proc = _run_cli(tmp_path, "--synonyms", str(tmp_path / "synonyms.json"))
+    proc = _run_cli(tmp_path, "--synonyms", str(tmp_path / "synonyms.json"), capsys=capsys)
     assert proc.returncode == 0, proc.stderr
     out = json.loads((tmp_path / "chair.json").read_text())
     assert out["num_mentions"] == 2 and out["CHAIRi"] == 0.0  # only dog and bus are objects now
 
     (tmp_path / "synonyms.json").write_text("{not json")
-    proc = _run_cli(tmp_path, "--synonyms", str(tmp_path / "synonyms.json"))
+    proc = _run_cli(tmp_path, "--synonyms", str(tmp_path / "synonyms.json"), capsys=capsys)
     assert proc.returncode != 0 and "synonyms.json" in proc.stderr and "not valid JSON" in proc.stderr
 
 
-def test_cli_reference_exact(tmp_path):
+def test_cli_reference_exact(tmp_path, capsys):
     for name in ("instances", "captions", "results"):
         (tmp_path / f"{name}.json").write_text(json.dumps(BUS_TIES_CANOES[name]))
-    cmd = [sys.executable, str(REPO / "eval" / "hallucination.py"), "--results", str(tmp_path / "results.json"),
-           "--captions", str(tmp_path / "captions.json"), "--instances", str(tmp_path / "instances.json"),
-           "--out", str(tmp_path / "chair.json"), "--reference-exact"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **OFFLINE}, timeout=120)
+    argv = ["--results", str(tmp_path / "results.json"), "--captions", str(tmp_path / "captions.json"),
+            "--instances", str(tmp_path / "instances.json"), "--out", str(tmp_path / "chair.json"), "--reference-exact"]
+    proc = hallucination_here(capsys, argv)
     assert proc.returncode == 0, proc.stderr
     out = json.loads((tmp_path / "chair.json").read_text())
     assert out["CHAIRi"] == pytest.approx(60.0) and out["mode"] == "reference-exact"
     (tmp_path / "synonyms.json").write_text(json.dumps({"dog": ["dog"]}))
-    proc = subprocess.run(cmd + ["--synonyms", str(tmp_path / "synonyms.json")], capture_output=True, text=True,
-                          env={**os.environ, **OFFLINE}, timeout=120)
+    proc = hallucination_here(capsys, argv + ["--synonyms", str(tmp_path / "synonyms.json")])
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         "error: --reference-exact reproduces the reference's COCO vocabulary; it cannot be combined with --synonyms"]
 

@@ -1,11 +1,12 @@
-"""benchmarks/grounding_sweep.py on a micro configuration: two variants, one seed, a few steps of a tiny model."""
+"""benchmarks/grounding_sweep.py on a micro configuration: two variants, one seed, a few steps of a tiny model.
+The sweep's main(argv) runs in this process (its trainings are still real subprocesses of the stage-1 script)."""
+import importlib.util
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from inprocess import CACHE_USERS
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = str(REPO / "benchmarks" / "grounding_sweep.py")
@@ -17,15 +18,29 @@ MICRO = ["--variants", "clip", "sparc+cross4", "--seeds", "1", "--steps", "4", "
          "--eval-every", "2", "--num-images", "12", "--override", *TINY]
 
 
-def sweep(tmp_path, *args):
-    env = {**os.environ, "SPARK_VLM_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, SCRIPT, "--out", str(tmp_path / "sweep"), *args], capture_output=True,
-                          text=True, env=env, cwd=REPO, timeout=600)
+@pytest.fixture
+def sweep(tmp_path, monkeypatch, capsys):
+    """`python benchmarks/grounding_sweep.py --out tmp/sweep *args` as a function: exit code, stdout, stderr."""
+    spec = importlib.util.spec_from_file_location("grounding_sweep", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("SPARK_VLM_CACHE", str(tmp_path / "cache"))  # the training subprocesses'
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    for module in CACHE_USERS:  # the scoring's, in this process
+        monkeypatch.setattr(module, "CACHE_ROOT", tmp_path / "cache")
+
+    def run(*args):
+        capsys.readouterr()
+        code = script.main(["--out", str(tmp_path / "sweep"), *args])
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out.out, out.err)
+    return run
 
 
 @pytest.mark.slow  # trains two tiny runs in subprocesses
-def test_micro_sweep_writes_table_plot_and_does_not_retrain(tmp_path):
-    proc = sweep(tmp_path, *MICRO)
+def test_micro_sweep_writes_table_plot_and_does_not_retrain(tmp_path, sweep):
+    proc = sweep(*MICRO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / "sweep"
     table = (out / "sweep.md").read_text()
@@ -43,11 +58,11 @@ def test_micro_sweep_writes_table_plot_and_does_not_retrain(tmp_path):
 
     weights = out / "clip" / "seed0" / "model.safetensors"
     before = weights.stat().st_mtime_ns
-    again = sweep(tmp_path, *MICRO)
+    again = sweep(*MICRO)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "training" not in again.stdout and weights.stat().st_mtime_ns == before  # finished runs are kept
 
-    other = sweep(tmp_path, *[a if a != "4" else "6" for a in MICRO])  # --steps 6
+    other = sweep(*[a if a != "4" else "6" for a in MICRO])  # --steps 6
     assert other.returncode == 2
     assert other.stderr.strip().splitlines() == [
         f"error: {out / 'clip' / 'seed0'} was trained with max_steps=4 batch_size=8, not 6 x 8; use another --out"]

@@ -1,5 +1,6 @@
 """Stage 1 on real-data layouts (read from local paths): COCO, Karpathy, imagefolder and streamed WebDataset
-shards, each with a few bad files that must be skipped and counted, never crash the run."""
+shards, each with a few bad files that must be skipped and counted, never crash the run. The runs that must
+succeed run in this process (conftest's `stage1_here`); the strict run, which must stop the program, is launched."""
 import io
 import json
 import os
@@ -13,7 +14,7 @@ import pytest
 from spark_vlm.data.coco_export import export_coco
 from spark_vlm.data.scenes import SceneConfig
 
-pytestmark = pytest.mark.slow  # training runs in subprocesses on real-data layouts
+pytestmark = pytest.mark.slow  # training runs on real-data layouts
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["model.image_size=32", "model.patch_size=8", "model.vision_width=32", "model.vision_layers=1",
@@ -44,11 +45,11 @@ def run(args, tmp_path):
                           capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
 
 
-def test_coco(coco, tmp_path):
+def test_coco(coco, tmp_path, stage1_here):
     a = coco / "annotations"
-    proc = run(["data.kind=coco", f"data.train_path={a / 'captions_train.json'}", f"data.train_images={coco / 'train'}",
-                f"data.val_path={a / 'captions_val.json'}", f"data.val_images={coco / 'val'}",
-                f"train.output_dir={tmp_path / 'run'}"], tmp_path)
+    proc = stage1_here(TINY + ["data.kind=coco", f"data.train_path={a / 'captions_train.json'}",
+                               f"data.train_images={coco / 'train'}", f"data.val_path={a / 'captions_val.json'}",
+                               f"data.val_images={coco / 'val'}", f"train.output_dir={tmp_path / 'run'}"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     # the corrupt image, the missing image and the empty caption, each counted with its reason
     assert "Skipped 3 bad train samples (" in proc.stdout
@@ -63,7 +64,7 @@ def test_coco_strict_names_the_file(coco, tmp_path):
     assert proc.returncode != 0 and ".png" in proc.stderr
 
 
-def test_karpathy_and_imagefolder(coco, tmp_path):
+def test_karpathy_and_imagefolder(coco, tmp_path, stage1_here):
     caps = json.loads((coco / "annotations" / "captions_train.json").read_text())
     by_image = {}
     for ann in caps["annotations"]:
@@ -72,8 +73,8 @@ def test_karpathy_and_imagefolder(coco, tmp_path):
                "split": "val" if i < 5 else ("restval" if i % 2 else "train"),
                "sentences": [{"raw": c} for c in by_image.get(im["id"], [])]} for i, im in enumerate(caps["images"])]
     (tmp_path / "dataset_coco.json").write_text(json.dumps({"images": images}))
-    proc = run(["data.kind=karpathy", f"data.train_path={tmp_path / 'dataset_coco.json'}",
-                f"data.train_images={coco}", f"train.output_dir={tmp_path / 'k'}"], tmp_path)
+    proc = stage1_here(TINY + ["data.kind=karpathy", f"data.train_path={tmp_path / 'dataset_coco.json'}",
+                               f"data.train_images={coco}", f"train.output_dir={tmp_path / 'k'}"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     # train + restval train (images 5..15; the missing file is skipped), "val" is held out (images 0..4, one corrupt)
     assert "11 train / 4 val images" in proc.stdout and "held-out retrieval on 4 images" in proc.stdout
@@ -83,7 +84,8 @@ def test_karpathy_and_imagefolder(coco, tmp_path):
     with open(folder / "metadata.jsonl", "w") as f:
         for im in caps["images"][:14]:
             f.write(json.dumps({"file_name": im["file_name"], "text": by_image.get(im["id"], [""])[0]}) + "\n")
-    proc = run(["data.kind=imagefolder", f"data.train_path={folder}", f"train.output_dir={tmp_path / 'i'}"], tmp_path)
+    proc = stage1_here(TINY + ["data.kind=imagefolder", f"data.train_path={folder}",
+                               f"train.output_dir={tmp_path / 'i'}"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     # 14 listed, the corrupt first image skipped, the last data.num_val=4 held out
     assert "9 train / 4 val images" in proc.stdout and "held-out retrieval on 4 images" in proc.stdout
@@ -108,11 +110,11 @@ def write_shards(coco, out: Path, split: str, shards: int):
                     tar.addfile(info, io.BytesIO(data))
 
 
-def test_webdataset_streaming(coco, tmp_path):
+def test_webdataset_streaming(coco, tmp_path, stage1_here):
     write_shards(coco, tmp_path / "wds", "train", 4)
     write_shards(coco, tmp_path / "wds", "val", 1)
-    proc = run(["data.kind=webdataset", f"data.train_path={tmp_path / 'wds'}/train-{{000..003}}.tar",
-                f"data.val_path={tmp_path / 'wds'}/val-000.tar", f"train.output_dir={tmp_path / 'w'}"], tmp_path)
+    proc = stage1_here(TINY + ["data.kind=webdataset", f"data.train_path={tmp_path / 'wds'}/train-{{000..003}}.tar",
+                               f"data.val_path={tmp_path / 'wds'}/val-000.tar", f"train.output_dir={tmp_path / 'w'}"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "streamed train" in proc.stdout
     steps = [json.loads(l)["step"] for l in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()

@@ -1,5 +1,6 @@
 """End-to-end stage-1 training on a tiny config: run directory, logs, from_pretrained, exact resume,
-config errors, and a real 2-process (gloo) launch."""
+config errors, and a real 2-process (gloo) launch. Runs whose launch is not the point run in this process
+(conftest's `stage1_here`); the config error, the SIGKILLed run and the 2-process run launch the real script."""
 import json
 import os
 import subprocess
@@ -13,7 +14,7 @@ from safetensors.torch import load_file
 from spark_vlm.data.tokenizer import CaptionTokenizer
 from spark_vlm.models import SparkModel
 
-pytestmark = pytest.mark.slow  # training runs in subprocesses (incl. 2 gloo ranks)
+pytestmark = pytest.mark.slow  # training runs (in this process, in subprocesses, 2 gloo ranks)
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = str(REPO / "stage1_pretrain" / "train.py")
@@ -36,10 +37,10 @@ def records(run_dir):
 
 
 @pytest.mark.parametrize("loss", ["sparc", "clip", "filip"])
-def test_tiny_run_writes_a_loadable_run_dir(tmp_path, loss):
+def test_tiny_run_writes_a_loadable_run_dir(tmp_path, loss, stage1_here):
     out = tmp_path / "run"
-    proc = run(TINY + [f"loss={loss}", "train.max_steps=8", "train.eval_every=4", "train.save_every=4",
-                       f"train.output_dir={out}"], tmp_path)
+    proc = stage1_here(TINY + [f"loss={loss}", "train.max_steps=8", "train.eval_every=4", "train.save_every=4",
+                               f"train.output_dir={out}"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "R@1 = " in proc.stdout and "truth-aware (any image the caption is true of)" in proc.stdout
     for name in ("config.json", "model.safetensors", "tokenizer.model", "config.yaml", "eval_results.json"):
@@ -64,16 +65,16 @@ def test_tiny_run_writes_a_loadable_run_dir(tmp_path, loss):
     assert (out / "checkpoints").is_dir() and len(list((out / "checkpoints").glob("step_*"))) == 2
 
 
-def test_resume_continues_exactly(tmp_path):
+def test_resume_continues_exactly(tmp_path, stage1_here):
     # One run to step 9 saving at 5; then a second run resumed from that step-5 checkpoint must end with the
     # same weights and the same losses. 96 images / batch 16 = 6 batches per epoch, so step 5 is mid-epoch:
     # the data order, RNG, optimizer and schedule must all resume.
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     common = TINY + ["train.eval_every=0", "train.save_every=5", "train.max_steps=9", "train.keep_checkpoints=3"]
-    first = run(common + [f"train.output_dir={straight}"], tmp_path)
+    first = stage1_here(common + [f"train.output_dir={straight}"])
     assert first.returncode == 0, first.stderr[-3000:]
     ckpt = straight / "checkpoints" / "step_00000005"
-    second = run(common + [f"train.output_dir={resumed}", "--resume", str(ckpt)], tmp_path)
+    second = stage1_here(common + [f"train.output_dir={resumed}", "--resume", str(ckpt)])
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resumed from" in second.stdout
     a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
@@ -85,7 +86,7 @@ def test_resume_continues_exactly(tmp_path):
     assert [losses_b[s] for s in range(6, 10)] == pytest.approx([losses_a[s] for s in range(6, 10)], rel=1e-5)
 
 
-def test_resume_in_place_logs_every_step_once(tmp_path):
+def test_resume_in_place_logs_every_step_once(tmp_path, stage1_here):
     # As if killed after step 9 was logged but before its checkpoint was written: resuming in the same directory
     # from step 5 must drop the interrupted run's records of steps 6-9 before logging them again.
     import shutil
@@ -93,19 +94,19 @@ def test_resume_in_place_logs_every_step_once(tmp_path):
     out = tmp_path / "run"
     common = TINY + ["train.eval_every=0", "train.save_every=5", "train.max_steps=9", "train.keep_checkpoints=3",
                      f"train.output_dir={out}"]
-    assert run(common, tmp_path).returncode == 0
+    assert stage1_here(common).returncode == 0
     before = {r["step"]: r["loss"] for r in records(out) if r.get("kind") is None}
     shutil.rmtree(out / "checkpoints" / "step_00000009")
     with (out / "metrics.jsonl").open("a") as f:
         f.write('{"step": 10, "loss": 1.')  # a line cut short by the kill
-    proc = run(common + ["--resume", "latest"], tmp_path)
+    proc = stage1_here(common + ["--resume", "latest"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     train_records = [r for r in records(out) if r.get("kind") is None]
     assert [r["step"] for r in train_records] == list(range(1, 10))
     assert {r["step"]: r["loss"] for r in train_records} == pytest.approx(before, rel=1e-5)
 
 
-def test_sigkill_then_resume_latest_matches_an_uninterrupted_run(tmp_path):
+def test_sigkill_then_resume_latest_matches_an_uninterrupted_run(tmp_path, stage1_here):
     """A real `kill -9` mid-run (after a checkpoint, with steps logged past it), then `--resume latest` in the same
     directory: every step is logged once, the per-step losses and the final weights equal an uninterrupted run's."""
     import signal
@@ -113,7 +114,7 @@ def test_sigkill_then_resume_latest_matches_an_uninterrupted_run(tmp_path):
 
     common = TINY + ["train.eval_every=0", "train.save_every=4", "train.max_steps=24", "train.keep_checkpoints=2"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    assert run(common + [f"train.output_dir={straight}"], tmp_path).returncode == 0
+    assert stage1_here(common + [f"train.output_dir={straight}"]).returncode == 0
     env = {**os.environ, "SPARK_VLM_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, SCRIPT, *common, f"train.output_dir={killed}"], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -127,7 +128,7 @@ def test_sigkill_then_resume_latest_matches_an_uninterrupted_run(tmp_path):
     assert proc.poll() is None, "the run ended before it could be killed; make it longer"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    resumed = run(common + [f"train.output_dir={killed}", "--resume", "latest"], tmp_path)
+    resumed = stage1_here(common + [f"train.output_dir={killed}", "--resume", "latest"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout
     steps = [r["step"] for r in records(killed) if r.get("kind") is None]
@@ -140,12 +141,12 @@ def test_sigkill_then_resume_latest_matches_an_uninterrupted_run(tmp_path):
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
 
 
-def test_resume_latest_picks_the_newest_complete_checkpoint(tmp_path):
+def test_resume_latest_picks_the_newest_complete_checkpoint(tmp_path, stage1_here):
     out = tmp_path / "run"
     common = TINY + ["train.eval_every=0", "train.save_every=2", f"train.output_dir={out}"]
-    assert run(common + ["train.max_steps=4"], tmp_path).returncode == 0
+    assert stage1_here(common + ["train.max_steps=4"]).returncode == 0
     (out / "checkpoints" / ".tmp_step_00000006").mkdir()  # a half-written save must be ignored
-    proc = run(common + ["train.max_steps=6", "--resume", "latest"], tmp_path)
+    proc = stage1_here(common + ["train.max_steps=6", "--resume", "latest"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resumed from" in proc.stdout and "step_00000004" in proc.stdout
     assert [r["step"] for r in records(out) if r.get("kind") is None] == [1, 2, 3, 4, 5, 6]
@@ -170,11 +171,11 @@ def test_two_cpu_processes_really_run(tmp_path):
     assert [r["step"] for r in records(out) if r.get("kind") is None] == [1, 2, 3, 4]
 
 
-def test_a_new_run_in_an_old_directory_starts_a_new_history(tmp_path):
+def test_a_new_run_in_an_old_directory_starts_a_new_history(tmp_path, stage1_here):
     out = tmp_path / "run"
     common = TINY + ["train.eval_every=0", "train.save_every=2", f"train.output_dir={out}"]
-    assert run(common + ["train.max_steps=4"], tmp_path).returncode == 0
-    proc = run(common + ["train.max_steps=2"], tmp_path)  # no --resume: a fresh run
+    assert stage1_here(common + ["train.max_steps=4"]).returncode == 0
+    proc = stage1_here(common + ["train.max_steps=2"])  # no --resume: a fresh run
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "starting a new run" in proc.stdout
     assert [r["step"] for r in records(out) if r.get("kind") is None] == [1, 2]

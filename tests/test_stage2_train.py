@@ -14,7 +14,7 @@ from spark_vlm.data.prompts import FlamingoPrompts
 from spark_vlm.models import SparkConfig, SparkModel
 from spark_vlm.training.standin_lm import StandinLM, pretrain_standin_lm, train_bpe_tokenizer
 
-pytestmark = pytest.mark.slow  # training runs in subprocesses (incl. DeepSpeed ZeRO-2/3)
+pytestmark = pytest.mark.slow  # training runs (subprocesses incl. DeepSpeed ZeRO-2/3, and in this process)
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = str(REPO / "stage2_vlm" / "train.py")
@@ -183,19 +183,20 @@ def test_deepspeed_zero_runs_and_resumes_exactly_on_cpu(tmp_path, stage1_dir, ze
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_resume_keeps_only_trainable_weights_and_continues_exactly(tmp_path, stage1_dir):
+def test_resume_keeps_only_trainable_weights_and_continues_exactly(tmp_path, stage1_dir, stage2_here):
     from safetensors.torch import load_file
 
     common = TINY + [f"vision_checkpoint={stage1_dir}", "train.eval_every=0", "train.save_every=2",
                      "train.precision=fp32", "train.max_steps=4", "train.keep_checkpoints=3"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    first = run(common + [f"train.output_dir={straight}"], tmp_path)
+    cache = tmp_path.parent / "cache"  # run()'s, shared with the launched runs
+    first = stage2_here(common + [f"train.output_dir={straight}"], cache)
     assert first.returncode == 0, first.stderr[-3000:]
     ckpt_dir = straight / "checkpoints" / "step_00000002"
     ckpt = load_file(ckpt_dir / "model.safetensors")
     assert ckpt and not any(k.startswith("vision.") for k in ckpt)  # the frozen parts are never copied
     assert all(k.startswith(("perceiver.", "new_token_")) or "gated_xattn" in k for k in ckpt), sorted(ckpt)[:5]
-    second = run(common + [f"train.output_dir={resumed}", "--resume", str(ckpt_dir)], tmp_path)
+    second = stage2_here(common + [f"train.output_dir={resumed}", "--resume", str(ckpt_dir)], cache)
     assert second.returncode == 0, second.stderr[-3000:]
     a, b = load_file(straight / "trainable.safetensors"), load_file(resumed / "trainable.safetensors")
     assert a.keys() == b.keys()
@@ -206,8 +207,8 @@ def test_resume_keeps_only_trainable_weights_and_continues_exactly(tmp_path, sta
     other = tmp_path / "other_stage1"
     torch.manual_seed(1)
     SparkModel(SparkModel.config_class.from_pretrained(stage1_dir)).save_pretrained(other)
-    third = run(common + [f"train.output_dir={tmp_path / 'other'}", f"vision_checkpoint={other}", "--resume",
-                          str(ckpt_dir)], tmp_path)
+    third = stage2_here(common + [f"train.output_dir={tmp_path / 'other'}", f"vision_checkpoint={other}", "--resume",
+                                  str(ckpt_dir)], cache)
     assert third.returncode == 2
     error = third.stderr.strip().splitlines()[-1]
     assert error.startswith("error: --resume") and "frozen vision mismatch" in error and str(other) in error
@@ -229,10 +230,11 @@ def test_object_questions_are_true_and_deterministic():
     assert len(out[0]) == 1 + 4 and len(out[2]) == 1 + 2  # no "no" questions when nothing is absent
 
 
-def test_object_questions_train(tmp_path, stage1_dir):
+def test_object_questions_train(tmp_path, stage1_dir, stage2_here):
     out = tmp_path / "qa"
-    proc = run(TINY + [f"vision_checkpoint={stage1_dir}", f"train.output_dir={out}", "train.max_steps=2",
-                       "train.eval_every=0", "train.save_every=0", "data.object_questions=2"], tmp_path)
+    proc = stage2_here(TINY + [f"vision_checkpoint={stage1_dir}", f"train.output_dir={out}", "train.max_steps=2",
+                               "train.eval_every=0", "train.save_every=0", "data.object_questions=2"],
+                       tmp_path.parent / "cache")
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r.get("kind") is None] == [1, 2]
