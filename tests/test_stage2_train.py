@@ -233,12 +233,14 @@ def test_object_questions_are_true_and_deterministic():
 def test_object_questions_train(tmp_path, stage1_dir, stage2_here):
     out = tmp_path / "qa"
     proc = stage2_here(TINY + [f"vision_checkpoint={stage1_dir}", f"train.output_dir={out}", "train.max_steps=2",
-                               "train.eval_every=0", "train.save_every=0", "data.object_questions=2"],
+                               "train.eval_every=0", "train.save_every=0", "data.object_questions=2",
+                               "model.resampler=perceiver"],  # the reference resampler through the trainer too
                        tmp_path.parent / "cache")
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r.get("kind") is None] == [1, 2]
-    assert (out / "trainable.safetensors").is_file()
+    from safetensors.torch import load_file
+    assert "perceiver.latents" in load_file(out / "trainable.safetensors")
 
 
 def test_object_questions_are_true_and_balanced(tmp_path):
