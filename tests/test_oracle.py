@@ -143,12 +143,13 @@ def test_the_oracle_captioner_learns_to_read_its_tokens():
 
     # The per-token losses against a slow per-token loop (tokens 2..n; the object word "cube").
     objects = set(cube.tolist())
-    nll_all, nll_obj = [], []
+    nll_all, nll_obj, nll_full = [], [], []
     with torch.no_grad():
         for i in range(len(val)):
             row = val.text["attention_mask"][i].bool()
             ids, labels = val.text["input_ids"][i][row], val.text["labels"][i][row]
             logp = model(val.images[i:i + 1], ids[None]).logits[0].float().log_softmax(-1)
+            nll_full += [-logp[t - 1, labels[t]].item() for t in range(1, len(ids))]  # the whole objective
             for t in range(2, len(ids)):  # token t predicted at t-1; c1 (t=1) and <|endofchunk|> are not scored
                 if labels[t] == -100 or labels[t] == prompts.end_id:
                     continue
@@ -156,5 +157,6 @@ def test_the_oracle_captioner_learns_to_read_its_tokens():
                 if labels[t].item() in objects:
                     nll_obj.append(-logp[t - 1, labels[t]].item())
     assert len(nll_obj) == len(val)  # one "cube" per caption
+    assert after["val_loss"] == pytest.approx(np.mean(nll_full), abs=1e-5)
     assert after["val_caption_loss"] == pytest.approx(np.mean(nll_all), abs=1e-5)
     assert after["val_object_word_loss"] == pytest.approx(np.mean(nll_obj), abs=1e-5)

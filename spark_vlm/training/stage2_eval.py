@@ -81,14 +81,15 @@ def caption_losses(model, data: CaptionedImages, prompts: FlamingoPrompts, devic
         images = {"": own, "_shuffled_images": data.images[(torch.arange(rows.start, rows.stop) + 1) % n_images],
                   "_blank_image": blank_like(own)}
         ids, mask = ids.to(device), mask.to(device)
-        n = int((labels[:, 1:] != -100).sum())
-        px = to_pixel_values(own.to(device), dtype)[:, None]
-        full.append((model(px, ids, mask, labels=labels.to(device)).loss.float().item(), n))
         target = inner[:, 1:].to(device)
         scored, is_object = target != -100, torch.isin(target, objects)
         for suffix, imgs in images.items():
             px = to_pixel_values(imgs.to(device), dtype)[:, None]
             logits = model(px, ids, mask).logits[:, :-1].float()
+            if suffix == "":  # the full stage-2 objective (caption + <|endofchunk|>) from the same forward
+                full_labels = labels[:, 1:].to(device)
+                full.append((F.cross_entropy(logits.flatten(0, 1), full_labels.flatten(), ignore_index=-100).item(),
+                             int((full_labels != -100).sum())))
             nll = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-100, reduction="none")
             nll = nll.view_as(target)
             losses[suffix].append((nll[scored].mean().item(), int(scored.sum())))
