@@ -95,3 +95,34 @@ def test_gate_learning_rate_multiplier_reaches_only_the_gates():
     assert load_config(Stage2Config, None, ["optim.gate_lr_mult=10"]).optim.gate_lr_mult == 10
     with pytest.raises(ConfigError, match="optim.gate_lr_mult: must be > 0"):
         load_config(Stage2Config, None, ["optim.gate_lr_mult=0"])
+
+
+def test_question_accuracy_matches_a_per_question_loop():
+    """The batched yes/no control against one forward per question, with the own image and with image i+1."""
+    from spark_vlm.data.images import to_pixel_values
+    from spark_vlm.data.scene_vocab import SHAPES
+    from spark_vlm.data.text import object_question, question_answer
+    from spark_vlm.training.stage2_eval import question_accuracy, val_questions
+    model = make_model().eval()
+    set_gates(model, 1.0)
+    data, prompts = val_data(model)
+    shapes = [{"star"}, {"circle", "ring"}, set(SHAPES), {"square"}, {"cross"}, {"hexagon"}]
+    questions = val_questions(shapes, 6)
+    assert len(questions) == 11  # image 2 has every shape: no absent question
+    assert [label for i, _, label in questions if i == 0] == [True, False]
+    out = question_accuracy(model, data.images, shapes, prompts, torch.device("cpu"), batch_size=4)
+    yes, no = prompts.caption_ids("yes")[0], prompts.caption_ids("no")[0]
+    for suffix, shift in (("", 0), ("_shuffled_images", 1)):
+        right = said_yes = 0
+        for i, question, label in questions:
+            ids = torch.tensor([prompts.chunk_ids(question_answer(question), closed=False)])
+            with torch.no_grad():
+                px = to_pixel_values(data.images[[(i + shift) % 6]])[:, None]
+                logits = model(px, ids, torch.ones_like(ids)).logits[0, -1]
+            answer = bool(logits[yes] > logits[no])
+            right += answer == label
+            said_yes += answer if shift == 0 else 0
+        assert out[f"val_question_accuracy{suffix}"] == pytest.approx(100 * right / len(questions))
+        if shift == 0:
+            assert out["val_question_yes_ratio"] == pytest.approx(100 * said_yes / len(questions))
+    assert questions[0][1] == object_question("star")

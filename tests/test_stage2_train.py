@@ -239,6 +239,9 @@ def test_object_questions_train(tmp_path, stage1_dir, stage2_here):
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r.get("kind") is None] == [1, 2]
+    final = [r for r in records if r.get("kind") == "eval"][-1]  # the yes/no control runs when questions are trained
+    assert 0 <= final["val_question_accuracy"] <= 100 and 0 <= final["val_question_yes_ratio"] <= 100
+    assert "yes/no object questions" in proc.stdout
     from safetensors.torch import load_file
     assert "perceiver.latents" in load_file(out / "trainable.safetensors")
 

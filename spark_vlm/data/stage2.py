@@ -51,6 +51,12 @@ def stage2_arrays(d, image_size: int, oracle: bool = False):
     return (images, captions, ids), (val_images, val_captions, val_ids)
 
 
+def val_shapes(d, image_size: int) -> list[set[str]]:
+    """The shape classes present in each val scene (what the yes/no questions ask about)."""
+    val = cached_scenes("val", d.num_val, image_size, d.min_objects, d.max_objects, d.seed, d.cache_dir)
+    return [{o["shape"] for o in val.meta(i)["objects"]} for i in range(len(val))]
+
+
 def stage2_datasets(train_arrays, val_arrays, lm_tokenizer, max_len: int, seed: int):
     """(train, val) CaptionedImages in the LM's prompt format, and the FlamingoPrompts that wrote them."""
     prompts = FlamingoPrompts(lm_tokenizer)

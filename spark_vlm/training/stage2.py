@@ -22,7 +22,7 @@ from ..data.cache import CACHE_ROOT, build_once
 from ..data.images import to_pixel_values
 from ..data.padding import trim_right_padding
 from ..data.scenes import SceneConfig
-from ..data.stage2 import stage2_arrays, stage2_datasets
+from ..data.stage2 import stage2_arrays, stage2_datasets, val_shapes
 from ..models import flamingo_io
 from ..models.flamingo import SparkFlamingo, UnsupportedLMError
 from ..models.oracle_vision import OracleVision, OracleVisionConfig
@@ -30,7 +30,7 @@ from ..models.perceiver import PatchProjector
 from .errors import SetupError
 from .run import Stage
 from .stage2_config import Stage2Config
-from .stage2_eval import (caption_losses, distinct_caption_share, gate_values, model_dtype,
+from .stage2_eval import (caption_losses, distinct_caption_share, gate_values, model_dtype, question_accuracy,
                           text_only_caption_loss)
 from .standin_lm import pretrain_standin_lm
 
@@ -184,6 +184,7 @@ def build_stage2(cfg: Stage2Config, accelerator) -> Stage:
         vision_dir = vision_tower_dir(cfg)
         image_size = json.loads((vision_dir / "config.json").read_text())["image_size"]
         train_arrays, val_arrays = stage2_arrays(d, image_size, oracle=cfg.vision_checkpoint == ORACLE)
+        questions_of = val_shapes(d, image_size) if d.object_questions else None
         lm_path = resolve_lm(cfg, train_arrays[1], val_arrays[1])
     with full_weights_on_load(accelerator):
         model = build_model(cfg, vision_dir, lm_path, torch.from_numpy(train_arrays[0][0]))
@@ -205,7 +206,9 @@ def build_stage2(cfg: Stage2Config, accelerator) -> Stage:
     def evaluate(m) -> dict:
         return {**caption_losses(m, val_data, prompts, accelerator.device), "val_caption_loss_text_only": baseline,
                 "distinct_captions": distinct_caption_share(m, val_data, prompts, accelerator.device),
-                **gate_values(m)}
+                **gate_values(m),
+                **(question_accuracy(m, val_data.images, questions_of, prompts, accelerator.device)
+                   if questions_of else {})}
 
     def summary(step: int, result: dict) -> str:
         gates = [abs(v) for k, v in result.items() if k.startswith("gate_")]
@@ -221,7 +224,10 @@ def build_stage2(cfg: Stage2Config, accelerator) -> Stage:
             f"distinct greedy captions {100 * result['distinct_captions']:.0f}% of "
             f"{min(100, len(val_data))} val images; |tanh gate| max {max(gates, default=0):.3f}; "
             f"full stage-2 val loss {result['val_loss']:.3f}\n"
-            f"trainable weights + manifest saved to {run_dir}/ (eval/caption.py --checkpoint {run_dir})"
+            + (f"yes/no object questions (zero-shot, training format): {result['val_question_accuracy']:.1f}% "
+               f"correct with the own image, {result['val_question_accuracy_shuffled_images']:.1f}% with another "
+               f"(chance 50), {result['val_question_yes_ratio']:.0f}% yes\n" if "val_question_accuracy" in result else "")
+            + f"trainable weights + manifest saved to {run_dir}/ (eval/caption.py --checkpoint {run_dir})"
         )
 
     return Stage(

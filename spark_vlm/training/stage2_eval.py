@@ -11,12 +11,17 @@
                                     blind: this is the number CHAIR follows.
   gate_attn.<layer>, gate_ff.<layer>   tanh of every cross-attention gate (0 = the block adds nothing)
   distinct_captions                 share of distinct greedy captions over (up to) 100 val images
+  val_question_accuracy[_shuffled_images], val_question_yes_ratio   only when the training text has yes/no object
+                                    questions (data.object_questions): zero-shot answers on val images, one present
+                                    and one absent shape each, in the training format; chance is 50 (balanced), and
+                                    with another image the answers should fall to chance if they read the image
 
 A low loss means little by itself: "true < text-only" can come from the captioner's extra parameters and
 `<image>`/`<|endofchunk|>` tokens alone; only "true < shuffled" says that the captioner reads the image.
 """
 from __future__ import annotations
 
+import random
 from contextlib import nullcontext
 
 import torch
@@ -24,8 +29,9 @@ import torch
 import torch.nn.functional as F
 
 from ..data.images import blank_like, to_pixel_values
-from ..data.scene_vocab import PLURALS, SHAPE_SYNONYMS
-from ..data.padding import trim_right_padding
+from ..data.scene_vocab import PLURALS, SHAPE_SYNONYMS, SHAPES
+from ..data.text import object_question, question_answer
+from ..data.padding import right_pad, trim_right_padding
 from ..data.pairs import CaptionedImages
 from ..data.prompts import FlamingoPrompts
 
@@ -99,6 +105,44 @@ def caption_losses(model, data: CaptionedImages, prompts: FlamingoPrompts, devic
            **{f"val_object_word_loss{k}": _mean_nll(v) for k, v in object_losses.items()}}
     out["image_contribution"] = out["val_caption_loss_shuffled_images"] - out["val_caption_loss"]
     out["object_word_contribution"] = out["val_object_word_loss_shuffled_images"] - out["val_object_word_loss"]
+    return out
+
+
+def val_questions(shapes: list[set[str]], num_images: int, seed: int = 0) -> list[tuple[int, str, bool]]:
+    """(image index, question, is the object present) for the first `num_images` images: one present and one absent
+    shape each (seeded), so the set is balanced and always answering one way scores 50."""
+    rng = random.Random(seed)
+    out = []
+    for i, present in enumerate(shapes[:num_images]):
+        for pool, label in ((sorted(present), True), (sorted(set(SHAPES) - present), False)):
+            if pool:
+                out.append((i, object_question(rng.choice(pool)), label))
+    return out
+
+
+@torch.no_grad()
+def question_accuracy(model, images: torch.Tensor, shapes: list[set[str]], prompts: FlamingoPrompts, device,
+                      num_images: int = 100, batch_size: int = 64) -> dict:
+    """Yes/no accuracy (%) in the training text's format ("<image>Question: Is there a star in the image? Answer:",
+    the more likely of " yes" / " no" next) with each question's own image and with another image (i+1), and the
+    share of "yes" answers with the own image."""
+    yes_id, no_id = prompts.caption_ids("yes")[0], prompts.caption_ids("no")[0]  # as POPE reads them
+    questions = val_questions(shapes, min(num_images, len(images)))
+    dtype, n = model_dtype(model), len(images)
+    said_yes = {"": [], "_shuffled_images": []}
+    for start in range(0, len(questions), batch_size):
+        batch = questions[start:start + batch_size]
+        ids, mask = right_pad([prompts.chunk_ids(question_answer(q), closed=False) for _, q, _ in batch], prompts.pad_id)
+        ids, mask, last = ids.to(device), mask.long().to(device), mask.sum(1) - 1
+        index = torch.tensor([i for i, _, _ in batch])
+        for suffix, idx in (("", index), ("_shuffled_images", (index + 1) % n)):
+            px = to_pixel_values(images[idx].to(device), dtype)[:, None]
+            logits = model(px, ids, mask).logits[torch.arange(len(batch)), last.to(device)].float()
+            said_yes[suffix].extend((logits[:, yes_id] > logits[:, no_id]).tolist())
+    truth = [label for _, _, label in questions]
+    out = {f"val_question_accuracy{k}": 100.0 * sum(a == t for a, t in zip(v, truth)) / max(len(truth), 1)
+           for k, v in said_yes.items()}
+    out["val_question_yes_ratio"] = 100.0 * sum(said_yes[""]) / max(len(truth), 1)
     return out
 
 
