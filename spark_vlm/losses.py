@@ -126,6 +126,33 @@ def filip_loss(
         return 0.5 * (F.cross_entropy(scale * i2t, labels) + F.cross_entropy(scale * t2i, labels))
 
 
+def filip_similarity(
+    patch_embeds: torch.Tensor, token_embeds: torch.Tensor, token_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """FILIP's late-interaction similarities of every image with every text, for retrieval: (image -> text [I, T],
+    the mean over the image's patches of the max cosine over the text's real tokens; text -> image [T, I], the
+    mean over the text's real tokens of the max cosine over the image's patches). The same two numbers
+    `filip_loss` contrasts; FILIP ranks with them, not with global embeddings (which its loss never trains).
+    Builds an [I, T, P, L] tensor: callers chunk the images."""
+    with torch.autocast(device_type=patch_embeds.device.type, enabled=False):
+        v = F.normalize(patch_embeds.float(), dim=-1)
+        t = F.normalize(token_embeds.float(), dim=-1)
+        mask = token_mask.bool()
+        sim = torch.einsum("ipd,jld->ijpl", v, t)  # [I, T, P, L]
+        i2t = sim.masked_fill(~mask[None, :, None, :], torch.finfo(torch.float32).min).max(dim=3).values.mean(dim=2)
+        m = mask[None].float()  # [1, T, L]
+        t2i = (sim.max(dim=2).values * m).sum(-1) / m.sum(-1).clamp_min(1.0)  # [I, T]
+    return i2t, t2i.t()
+
+
+def filip_similarity_chunked(patch_embeds, token_embeds, token_mask, image_chunk: int = 8):
+    """`filip_similarity` of every image with every text, both as [images, texts], a few images at a time (the
+    [I, T, P, L] tensor of a whole evaluation set does not fit in memory)."""
+    pairs = [filip_similarity(patch_embeds[i:i + image_chunk], token_embeds, token_mask)
+             for i in range(0, len(patch_embeds), image_chunk)]
+    return torch.cat([a for a, _ in pairs]), torch.cat([b for _, b in pairs], dim=1).t()
+
+
 # --------------------------------------------------------------------------------------------- SPARC
 def sparc_alignment(
     patch_embeds: torch.Tensor,

@@ -214,3 +214,30 @@ def test_bad_input_is_one_error_line_with_exit_code_2(tmp_path, checkpoint, caps
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == ("error: template 'a cat' needs exactly one {} for the class name "
                                        "(or name one bundled set: imagenet80, clip7)\n")
+
+
+def test_a_filip_run_is_ranked_by_its_late_interaction(tmp_path, checkpoint):
+    """FILIP never trains the global embeddings, so its retrieval ranks by FILIP's own two similarities (image ->
+    text for i->t, text -> image for t->i); any other run by the global cosine."""
+    import shutil
+
+    import numpy as np
+
+    from spark_vlm.evaluation.data import CaptionData, load_caption_data
+    from spark_vlm.evaluation.retrieval import retrieval_report
+    from spark_vlm.evaluation.stage1_run import filip_retrieval_similarity, load_stage1_run
+    from spark_vlm.metrics.retrieval import retrieval_recall
+    filip = tmp_path / "filip"
+    shutil.copytree(checkpoint, filip)
+    (filip / "config.yaml").write_text("loss: filip\n")
+    source = CaptionData(num_images=12)
+    result = retrieval_report(str(filip), source).result
+    assert result["similarity"] == "late interaction (FILIP)"
+    model, tokenizer = load_stage1_run(filip)
+    images, captions, *_ = load_caption_data(source, model.config.image_size)
+    texts = [c for caps in captions for c in caps]
+    i2t, t2i = filip_retrieval_similarity(model, tokenizer, images, texts)
+    own = np.repeat(np.arange(len(captions)), [len(c) for c in captions])
+    assert result["image_to_text_R@5"] == retrieval_recall(i2t, own)["image_to_text_R@5"]
+    assert result["text_to_image_R@5"] == retrieval_recall(t2i, own)["text_to_image_R@5"]
+    assert retrieval_report(checkpoint, source).result["similarity"] == "global embeddings (cosine)"

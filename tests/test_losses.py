@@ -673,3 +673,31 @@ def test_gather_with_grad_distributed_backward(dist_results, layout):
         torch.testing.assert_close(
             res[r]["gather"][layout], total[r * b : (r + 1) * b], msg=lambda m, r=r: f"rank {r}: {m}"
         )
+
+
+def test_filip_similarity_is_what_filip_loss_contrasts():
+    """The late-interaction similarities FILIP retrieval ranks with: the loss rebuilt from them (cross-entropy both
+    ways over the batch) equals filip_loss, and one pair checked by hand (per-patch max over real tokens, mean)."""
+    from spark_vlm.losses import filip_loss, filip_similarity, filip_similarity_chunked
+    g = torch.Generator().manual_seed(0)
+    v, t = torch.randn(5, 6, 8, generator=g), torch.randn(5, 4, 8, generator=g)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    i2t, t2i = filip_similarity(v, t, mask)
+    labels = torch.arange(5)
+    rebuilt = 0.5 * (F.cross_entropy(3.0 * i2t, labels) + F.cross_entropy(3.0 * t2i, labels))
+    torch.testing.assert_close(rebuilt, filip_loss(v, t, mask, 3.0))
+    cos = F.normalize(v[2], dim=-1) @ F.normalize(t[1, :2], dim=-1).t()  # image 2, text 1 (2 real tokens)
+    assert i2t[2, 1].item() == pytest.approx(cos.max(dim=1).values.mean().item(), abs=1e-6)
+    assert t2i[1, 2].item() == pytest.approx(cos.max(dim=0).values.mean().item(), abs=1e-6)
+    a, b = filip_similarity_chunked(v, t, mask, image_chunk=2)  # both [images, texts]
+    torch.testing.assert_close(a, i2t)
+    torch.testing.assert_close(b, t2i.t())
+
+
+def test_two_way_recall_takes_each_direction_from_its_own_similarity():
+    from spark_vlm.metrics.retrieval import retrieval_recall, two_way
+    i2t = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # perfect image -> text
+    t2i = torch.tensor([[0.0, 1.0], [1.0, 0.0]])  # every text -> the wrong image
+    out = two_way(retrieval_recall, i2t, t2i, [0, 1])
+    assert out["image_to_text_R@1"] == 100.0 and out["text_to_image_R@1"] == 0.0 and out["R@1"] == 50.0
+    assert two_way(retrieval_recall, i2t, i2t, [0, 1]) == retrieval_recall(i2t, [0, 1])

@@ -165,6 +165,15 @@ def test_stage1_eval_reports_truth_aware_scores_beside_their_ceilings(tmp_path):
     for kind in kinds:
         assert out[f"{kind}/text_to_image_R@1"] <= 100.0 and out[f"{kind}/truth_R@1_ceiling"] == 100.0
     assert held_out_truth(DataConfig(kind="coco"), 32) is None
+    # A FILIP run (late_interaction): each direction from FILIP's own similarity, the truth-aware t->i from t->i
+    from spark_vlm.metrics.retrieval import retrieval_recall
+    from spark_vlm.training.stage1_eval import late_interaction_pairs, truth_scores
+    late = evaluate_stage1(model, data, torch.device("cpu"), truth=truth, late_interaction=True)
+    i2t, t2i = late_interaction_pairs(model, data, 256, torch.device("cpu"))
+    assert late["image_to_text_R@5"] == retrieval_recall(i2t, data.caption_image)["image_to_text_R@5"]
+    assert late["text_to_image_R@5"] == retrieval_recall(t2i, data.caption_image)["text_to_image_R@5"]
+    assert late["truth_R@1"] == truth_scores(t2i, data, truth)["truth_R@1"]
+    assert late["image_to_text_truth_R@1"] == truth_scores(i2t, data, truth)["image_to_text_truth_R@1"]
 
 
 def test_periodic_grounding_scores_match_the_grounding_protocol(tmp_path):

@@ -25,14 +25,13 @@ from collections import defaultdict
 
 import numpy as np
 import torch
-import yaml
 
 from ..data.images import to_pixel_values
 from ..losses import sparc_alignment, sparc_fine_grained_loss
 from ..metrics.grounding import mass_in_mask, named_words, pointing_hit, uniform_baseline
 from .data import builtin_scenes, scene_images
 from .report import Report
-from .stage1_run import device, load_stage1_run
+from .stage1_run import device, load_stage1_run, run_objective
 
 @torch.no_grad()
 def _embed(model, tokenizer, scenes: list[dict], batch_size: int):
@@ -97,7 +96,7 @@ def grounding_report(checkpoint, num_images: int = 500, batch_size: int = 64) ->
                     sums[key]["uniform.mass_in_mask"].append(mass)
                     sums[key]["uniform.pointing"].append(pointing)
 
-    result = {"checkpoint": str(checkpoint), "objective": _objective(checkpoint),
+    result = {"checkpoint": str(checkpoint), "objective": run_objective(checkpoint),
               "data": f"built-in scenes, test split, {len(scenes)} images", "readout": "sparc_alignment weights"}
     for key, values in sums.items():
         result[key] = {"words": len(values["model.pointing"]),
@@ -130,12 +129,3 @@ def shortcut_diagnostics(patches: torch.Tensor, captions, position_only: torch.T
         "position_variance_share": float(by_position.pow(2).sum() * n / centred.pow(2).sum()),
         "patches_kept_frac": float(np.mean(kept)),
     }
-
-
-def _objective(checkpoint) -> str:
-    """The `loss` the run was trained with (from its config.yaml), or "unknown"."""
-    try:
-        with open(f"{checkpoint}/config.yaml", encoding="utf-8") as f:
-            return str((yaml.safe_load(f) or {}).get("loss", "unknown"))
-    except (OSError, yaml.YAMLError):
-        return "unknown"

@@ -7,24 +7,28 @@ from __future__ import annotations
 import numpy as np
 
 from ..metrics.kprecision import k_precision
-from ..metrics.retrieval import retrieval_recall
+from ..metrics.retrieval import retrieval_recall, two_way
 from ..data.scene_truth import truth_matrix
 from ..data.scenes import SceneConfig
 from ..metrics.retrieval_dedup import dedup_retrieval_recall
 from ..metrics.retrieval_truth import truth_aware_recall
 from .data import CaptionData, load_caption_data
 from .report import Report
-from .stage1_run import image_embeddings, load_stage1_run, text_embeddings
+from .stage1_run import filip_retrieval_similarity, image_embeddings, load_stage1_run, run_objective, text_embeddings
 
 
 def caption_similarity(checkpoint, source: CaptionData, batch_size: int):
     """Load the run and the data, encode every image and caption. Returns (data description, captions per
-    image, flat caption list, cosine similarity [images, captions], the scenes' ground truth or None)."""
+    image, flat caption list, (image -> text, text -> image) similarities, each [images, captions], the scenes'
+    ground truth or None). Both are the global embeddings' cosine (one tensor), except for a FILIP run, which
+    ranks as FILIP does: by its two late-interaction similarities (its loss never trains the global embeddings)."""
     model, tokenizer = load_stage1_run(checkpoint)
     images, captions, _, data, scenes = load_caption_data(source, model.config.image_size)
     texts = [c for caps in captions for c in caps]
+    if run_objective(checkpoint) == "filip":
+        return data, captions, texts, filip_retrieval_similarity(model, tokenizer, images, texts, batch_size), scenes
     similarity = image_embeddings(model, images, batch_size) @ text_embeddings(model, tokenizer, texts).t()
-    return data, captions, texts, similarity, scenes
+    return data, captions, texts, (similarity, similarity), scenes
 
 
 def scene_retrieval(similarity, scenes: list[dict]) -> dict:
@@ -40,18 +44,21 @@ def scene_retrieval(similarity, scenes: list[dict]) -> dict:
 def retrieval_report(checkpoint, source: CaptionData, batch_size: int = 64) -> Report:
     """The standard protocol (an image's own captions are its positives) and a duplicate-aware variant (any
     caption with the same string counts), which matters for template captions such as the built-in scenes'."""
-    data, captions, texts, similarity, scenes = caption_similarity(checkpoint, source, batch_size)
+    data, captions, texts, (i2t, t2i), scenes = caption_similarity(checkpoint, source, batch_size)
     text_to_image = np.repeat(np.arange(len(captions)), [len(c) for c in captions])
-    standard = retrieval_recall(similarity, text_to_image)
-    dedup = dedup_retrieval_recall(similarity, texts, text_to_image)
+    standard = two_way(retrieval_recall, i2t, t2i, text_to_image)
+    dedup = two_way(lambda sim, tti: dedup_retrieval_recall(sim, texts, tti), i2t, t2i, text_to_image)
 
     result = {"checkpoint": checkpoint, **data, "num_images": len(captions), "num_texts": len(texts),
+              "similarity": "global embeddings (cosine)" if i2t is t2i else "late interaction (FILIP)",
               **standard, "dedup": dedup}
     rows = [{"protocol": name, **{f"{d} R@{k}": r[f"{key}_R@{k}"] for d, key in
                                   (("i→t", "image_to_text"), ("t→i", "text_to_image")) for k in (1, 5, 10)}}
             for name, r in (("standard", standard), ("duplicate-aware", dedup))]
     if scenes:  # per caption kind, each number beside its ceiling (what a perfect model reaches) and chance
-        result["by_kind"] = scene_retrieval(similarity, scenes)
+        result["by_kind"] = scene_retrieval(t2i, scenes)
+        if i2t is not t2i:  # its image -> text number from the image -> text similarity
+            result["by_kind"]["all"]["i2t_truth_R@1"] = scene_retrieval(i2t, scenes)["all"]["i2t_truth_R@1"]
         truth_columns = lambda r: {"t→i R@1 ceiling": r["R@1_ceiling"], "truth-aware t→i R@1": r["truth_R@1"],
                                    "its ceiling": r["truth_R@1_ceiling"], "its chance": r["truth_R@1_chance"]}
         rows[0].update(truth_columns(result["by_kind"]["all"]))
@@ -63,7 +70,7 @@ def retrieval_report(checkpoint, source: CaptionData, batch_size: int = 64) -> R
 def kprecision_report(checkpoint, source: CaptionData, batch_size: int = 64) -> Report:
     """For each image the best caption among all captions of the set is retrieved by global similarity; K-P is
     the share of its words found in the image's reference captions, K-Pna the same over nouns and adjectives."""
-    data, captions, texts, similarity, _ = caption_similarity(checkpoint, source, batch_size)
+    data, captions, texts, (similarity, _), _ = caption_similarity(checkpoint, source, batch_size)  # image -> text
     top1 = similarity.argmax(dim=1).tolist()  # ties -> the first caption: deterministic
     retrieved = [texts[j] for j in top1]
     scores = k_precision(retrieved, captions)

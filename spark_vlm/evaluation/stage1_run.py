@@ -12,10 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from tqdm.auto import tqdm
 
 from ..data.images import to_pixel_values
 from ..data.tokenizer import CaptionTokenizer
+from ..losses import filip_similarity_chunked
 from ..models.dual_encoder import SparkModel
 
 # CLIP's 7-template subset, chosen on ImageNet by the CLIP authors (openai/CLIP, notebooks/
@@ -44,6 +46,15 @@ def load_stage1_run(run_dir) -> tuple[SparkModel, CaptionTokenizer]:
         raise FileNotFoundError(f"{run_dir} has no tokenizer (tokenizer.model); the run is incomplete")
     model = SparkModel.from_pretrained(str(run_dir)).to(device()).eval()
     return model, CaptionTokenizer.load(run_dir)
+
+
+def run_objective(run_dir) -> str:
+    """The `loss` a stage-1 run was trained with (from its config.yaml), or "unknown"."""
+    try:
+        with open(Path(run_dir) / "config.yaml", encoding="utf-8") as f:
+            return str((yaml.safe_load(f) or {}).get("loss", "unknown"))
+    except (OSError, yaml.YAMLError):
+        return "unknown"
 
 
 def iter_pixel_batches(images: np.ndarray, batch_size: int, desc: str):
@@ -77,3 +88,19 @@ def prompt_embeddings(model, tokenizer, names: list[str], templates, batch_size:
     texts = [t.format(name) for name in names for t in templates]
     emb = text_embeddings(model, tokenizer, texts, batch_size, desc="encode prompts")
     return emb.reshape(len(names), len(templates), -1)
+
+
+@torch.no_grad()
+def filip_retrieval_similarity(model, tokenizer, images: np.ndarray, texts: list[str],
+                               batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image -> text, text -> image) late-interaction similarities, both [images, texts] (float32, CPU): how a
+    FILIP run ranks (losses.filip_similarity)."""
+    patches = torch.cat([model.patch_embeddings(px).float().cpu()
+                         for _, px in iter_pixel_batches(images, batch_size, "encode patches")])
+    tokens, masks = [], []
+    for start in range(0, len(texts), 256):
+        enc = tokenizer(list(texts[start:start + 256]), model.config.max_text_len)
+        t, m = model.token_embeddings(enc["input_ids"].to(device()), enc["attention_mask"].to(device()))
+        tokens.append(t.float().cpu())
+        masks.append(m.cpu())
+    return filip_similarity_chunked(patches, torch.cat(tokens), torch.cat(masks))

@@ -45,3 +45,16 @@ def recall_at_k(rank_i2t: torch.Tensor, rank_t2i: torch.Tensor, ks=(1, 5, 10)) -
         out[f"text_to_image_R@{k}"] = t2i
         out[f"R@{k}"] = (i2t + t2i) / 2
     return out
+
+
+def two_way(recall, i2t, t2i, *args) -> dict:
+    """A recall function's image -> text numbers from the similarity `i2t` and its text -> image numbers from `t2i`
+    (both [images, texts]; FILIP ranks each direction with its own late interaction). One call when they are the
+    same tensor."""
+    if i2t is t2i:
+        return recall(i2t, *args)
+    out, backward = recall(i2t, *args), recall(t2i, *args)
+    out.update({k: v for k, v in backward.items() if k.startswith("text_to_image")})
+    for k in [k for k in out if k.startswith("R@")]:
+        out[k] = (out[f"image_to_text_{k}"] + out[f"text_to_image_{k}"]) / 2
+    return out

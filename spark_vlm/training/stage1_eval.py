@@ -16,11 +16,11 @@ import torch
 
 from ..data.images import to_pixel_values
 from ..data.pairs import CaptionedImages
-from ..losses import sparc_alignment, sparc_fine_grained_loss
+from ..losses import filip_similarity_chunked, sparc_alignment, sparc_fine_grained_loss
 from ..data.scene_truth import truth_matrix
 from ..data.scenes import cached_scenes
 from ..metrics.grounding import mass_in_mask, named_words, pointing_hit, uniform_baseline
-from ..metrics.retrieval import retrieval_recall
+from ..metrics.retrieval import retrieval_recall, two_way
 from ..metrics.retrieval_truth import truth_aware_recall
 
 GROUNDING_SCENES = 32  # held-out scenes whose words are scored against their masks at each evaluation (cheap)
@@ -149,16 +149,37 @@ def alignment_diagnostics(model, data: CaptionedImages, device, num_pairs: int =
 
 
 @torch.no_grad()
+def late_interaction_pairs(model, data: CaptionedImages, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """FILIP's (image -> text, text -> image) similarities [images, captions] of `data` (losses.filip_similarity)."""
+    patches, tokens, masks = [], [], []
+    for start in range(0, len(data.images), batch_size):
+        patches.append(model.patch_embeddings(to_pixel_values(data.images[start:start + batch_size].to(device))).float())
+    for start in range(0, len(data.input_ids), batch_size):
+        t, m = model.token_embeddings(data.input_ids[start:start + batch_size].to(device),
+                                      data.attention_mask[start:start + batch_size].to(device))
+        tokens.append(t.float())
+        masks.append(m)
+    return filip_similarity_chunked(torch.cat(patches), torch.cat(tokens), torch.cat(masks))
+
+
+@torch.no_grad()
 def evaluate_stage1(model, data: CaptionedImages, device, batch_size: int = 256,
-                    truth: dict | None = None, grounding: dict | None = None) -> dict[str, float]:
+                    truth: dict | None = None, grounding: dict | None = None,
+                    late_interaction: bool = False) -> dict[str, float]:
     """Retrieval R@K, the alignment diagnostics, with `truth` (held_out_truth) the truth-aware scores, with
-    `grounding` (grounding_set) the words' mass-in-mask and pointing."""
-    img, txt = encode_pairs(model, data, batch_size, device)
-    with torch.autocast(device_type=img.device.type, enabled=False):
-        similarity = img.float() @ txt.float().t()  # fp32 even under bf16 autocast: ranks are sensitive
-    result = retrieval_recall(similarity, data.caption_image)
+    `grounding` (grounding_set) the words' mass-in-mask and pointing. `late_interaction` (a FILIP run) ranks by
+    FILIP's own similarities instead of the global embeddings, which its loss never trains."""
+    if late_interaction:
+        i2t, t2i = late_interaction_pairs(model, data, batch_size, device)
+    else:
+        img, txt = encode_pairs(model, data, batch_size, device)
+        with torch.autocast(device_type=img.device.type, enabled=False):
+            i2t = t2i = img.float() @ txt.float().t()  # fp32 even under bf16 autocast: ranks are sensitive
+    result = two_way(retrieval_recall, i2t, t2i, data.caption_image)
     if truth is not None:
-        result.update(truth_scores(similarity.cpu(), data, truth))
+        result.update(truth_scores(t2i.cpu(), data, truth))
+        if i2t is not t2i:  # its image -> text number from the image -> text similarity
+            result["image_to_text_truth_R@1"] = truth_scores(i2t.cpu(), data, truth)["image_to_text_truth_R@1"]
     result.update(alignment_diagnostics(model, data, device))
     if grounding is not None and grounding["words"]:
         result.update(grounding_scores(model, data, grounding, device))
