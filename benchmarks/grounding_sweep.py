@@ -26,6 +26,7 @@ import numpy as np
 
 from spark_vlm.experiments.runs import RunError, mismatches, train
 from spark_vlm.experiments.stage1_scores import BASELINES, stage1_scores
+from spark_vlm.experiments.study_report import mean_std as stats
 from spark_vlm.experiments.variants import VARIANTS
 from spark_vlm.training.stage1_config import Stage1Config
 
@@ -56,8 +57,7 @@ def score_run(run_dir: Path, num_images: int) -> dict[str, float]:
 
 
 def mean_std(runs: list[dict], key: str) -> tuple[float, float]:
-    values = np.array([r[key] for r in runs], dtype=float)
-    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return stats(r[key] for r in runs)
 
 
 def cell(runs: list[dict], key: str, digits: int = 1) -> str:

@@ -15,13 +15,13 @@ from .variants import VARIANTS
 
 KINDS = ("stage1_train", "stage1_eval", "stage2_train", "stage2_eval")
 # Seconds on one CPU core of this project's dev machine (measured on the tiny model: a stage-1 run of 400 steps x
-# 64 ~ 10 min, a stage-2 run of 1000 x 32 ~ 7 min; scoring 100 test scenes ~ 20 s for stage 1, ~ 60 s for stage 2
+# 64 ~ 10 min, a stage-2 run of 1000 x 32 ~ 7 min; scoring 100 test scenes ~ 15 s for stage 1, ~ 20 s for stage 2
 # with CHAIR, caption metrics and POPE). Only for the plan and the first ETA: the progress bar rescales them by the
 # steps' measured times as the study runs.
-START_S = 25.0  # interpreter, imports, data and final evaluation of a run
+START_S = 20.0  # interpreter, imports, data and final evaluation of a run
 SAMPLE_S = {1: 0.023, 2: 0.013}  # per training sample (step x batch)
-FILIP_FACTOR = 2.0  # FILIP's B x B x L x P similarities
-SCENE_S = {1: 0.2, 2: 0.5}  # per test scene scored
+FILIP_FACTOR = 1.5  # FILIP's B x B x L x P similarities
+SCENE_S = {1: 0.15, 2: 0.2}  # per test scene scored
 
 
 @dataclass

@@ -4,6 +4,7 @@ one (its final `eval_results.json` written) is left alone. A run directory train
 (`mismatches`), never mixed in."""
 from __future__ import annotations
 
+import shlex
 import shutil
 import subprocess
 import sys
@@ -41,15 +42,18 @@ def mismatches(run_dir: Path, overrides: list[str]) -> dict[str, tuple]:
     return found
 
 
-def train(stage: int, run_dir: Path, overrides: list[str], core: int | None = None) -> None:
+def train(stage: int, run_dir: Path, overrides: list[str], core: int | None = None, launcher: str | None = None
+          ) -> None:
     """Train (or finish training) one run into `run_dir`, its output appended to run_dir/train.log; `core` pins the
-    subprocess to one CPU core (taskset) where taskset exists."""
+    subprocess to one CPU core (taskset) where taskset exists; `launcher` replaces `python` (e.g. "accelerate
+    launch --num_processes 4")."""
     run_dir = Path(run_dir)
     if (run_dir / "eval_results.json").exists():
         return
     run_dir.mkdir(parents=True, exist_ok=True)
     pin = ["taskset", "-c", str(core)] if core is not None and shutil.which("taskset") else []
-    cmd = [*pin, sys.executable, str(TRAINERS[stage]), "--resume", "latest", *overrides,
+    start = shlex.split(launcher) if launcher else [sys.executable]
+    cmd = [*pin, *start, str(TRAINERS[stage]), "--resume", "latest", *overrides,
            f"train.output_dir={run_dir}"]
     log = run_dir / "train.log"
     with open(log, "a") as f:

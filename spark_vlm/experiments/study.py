@@ -50,7 +50,7 @@ def execute(step: Step, cfg: StudyConfig, core: int | None, annotations: dict | 
             key, (saved, wanted) = next(iter(found.items()))
             raise RunError(f"{step.run_dir} was trained with {key}={saved}, not {wanted}; delete it or use another "
                            "output_dir")
-        train(1 if step.kind == "stage1_train" else 2, step.run_dir, step.overrides, core)
+        train(1 if step.kind == "stage1_train" else 2, step.run_dir, step.overrides, core, cfg.launcher)
         final = json.loads((step.run_dir / "eval_results.json").read_text())
         write_json(step.result, {"label": step.label, "seed": step.seed, "run_dir": str(step.run_dir),
                                  "overrides": step.overrides, "seconds": time.time() - start, "final": final})

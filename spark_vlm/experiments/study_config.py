@@ -28,6 +28,7 @@ class StudyConfig:
     stage2: list[str] = field(default_factory=list)  # key=value for every stage-2 run (the same LM and recipe)
     oracle: bool = True  # add the oracle vision tower's stage-2 run (seed 0): the recipe's upper bound
     test_scenes: int = 500  # held-out test scenes for every score (retrieval, grounding, CHAIR, POPE, ...)
+    launcher: str | None = None  # what runs the trainers, e.g. "accelerate launch --num_processes 4"; null = python
 
     @property
     def out(self) -> str:
