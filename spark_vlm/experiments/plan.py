@@ -15,13 +15,15 @@ from .variants import VARIANTS
 
 KINDS = ("stage1_train", "stage1_eval", "stage2_train", "stage2_eval")
 # Seconds on one CPU core of this project's dev machine (measured on the tiny model: a stage-1 run of 400 steps x
-# 64 ~ 10 min, a stage-2 run of 1000 x 32 ~ 7 min; scoring 100 test scenes ~ 15 s for stage 1, ~ 20 s for stage 2
-# with CHAIR, caption metrics and POPE). Only for the plan and the first ETA: the progress bar rescales them by the
-# steps' measured times as the study runs.
-START_S = 20.0  # interpreter, imports, data and final evaluation of a run
+# 64 ~ 10 min, a stage-2 run of 1000 x 32 ~ 7 min; in the quick study a run's fixed cost ~60-70 s, scoring 100
+# test scenes ~20-40 s for stage 1, ~20 s for stage 2 with CHAIR, caption metrics and POPE). Only for the plan and
+# the first ETA: the progress bar rescales them by the steps' measured times as the study runs.
+TRAIN_START_S = {1: 60.0, 2: 70.0}  # interpreter, imports, data, set-up and final evaluation of a run
+START_S = 20.0  # a scoring step's interpreter, imports and model
 SAMPLE_S = {1: 0.023, 2: 0.013}  # per training sample (step x batch)
 FILIP_FACTOR = 1.5  # FILIP's B x B x L x P similarities
 SCENE_S = {1: 0.15, 2: 0.2}  # per test scene scored
+STANDIN_SAMPLE_S = 0.009  # the stand-in LM's pretraining per sample (800 x 64 ~ 7.5 min), once per seed, then cached
 
 
 @dataclass
@@ -65,7 +67,7 @@ def build_plan(cfg: StudyConfig) -> list[Step]:
         overrides = [*overrides, *cfg.stage1, f"train.seed={seed}"]
         factor = FILIP_FACTOR if "loss=filip" in overrides else 1.0
         train = Step("stage1_train", label, seed, run, out / "results" / "stage1_train" / f"{slug(label)}_seed{seed}.json",
-                     overrides, [], START_S + factor * SAMPLE_S[1] * _samples(Stage1Config, overrides))
+                     overrides, [], TRAIN_START_S[1] + factor * SAMPLE_S[1] * _samples(Stage1Config, overrides))
         score = Step("stage1_eval", label, seed, run, out / "results" / "stage1" / f"{slug(label)}_seed{seed}.json",
                      [], [train.id], START_S + SCENE_S[1] * cfg.test_scenes)
         steps.extend([train, score])
@@ -74,8 +76,13 @@ def build_plan(cfg: StudyConfig) -> list[Step]:
     def stage2(label: str, seed: int, vision: str, after: list[str]) -> None:
         run = out / "runs" / "stage2" / slug(label) / f"seed{seed}"
         overrides = [*cfg.stage2, f"vision_checkpoint={vision}", f"train.seed={seed}"]
+        estimate = TRAIN_START_S[2] + SAMPLE_S[2] * _samples(Stage2Config, overrides)
+        lm = load_config(Stage2Config, None, overrides).lm
+        if lm.path is None and not any(s.kind == "stage2_train" and s.seed == seed for s in steps):
+            # the stand-in LM is trained with train.seed: the first stage-2 run of each seed trains it (if not cached)
+            estimate += STANDIN_SAMPLE_S * lm.standin.steps * lm.standin.batch_size
         train = Step("stage2_train", label, seed, run, out / "results" / "stage2_train" / f"{slug(label)}_seed{seed}.json",
-                     overrides, after, START_S + SAMPLE_S[2] * _samples(Stage2Config, overrides))
+                     overrides, after, estimate)
         score = Step("stage2_eval", label, seed, run, out / "results" / "stage2" / f"{slug(label)}_seed{seed}.json",
                      [], [train.id], START_S + SCENE_S[2] * cfg.test_scenes)
         steps.extend([train, score])

@@ -47,6 +47,15 @@ def _bars(ax, stage1: dict, key: str, control: str | None, title: str) -> None:
     ax.set(ylabel="%", title=title)
 
 
+def _save(fig, out: Path, name: str) -> str:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(out / name, dpi=100)
+    plt.close(fig)
+    return name
+
+
 def _heatmaps(path: Path, runs: dict[str, str]) -> None:
     import matplotlib.pyplot as plt
 
@@ -70,9 +79,7 @@ def _heatmaps(path: Path, runs: dict[str, str]) -> None:
             word = "".join(pieces[p] for p in positions).replace("▁", "").replace("Ġ", "").strip(",.;:")
             draw_overlay(axes[row, col], scene["image"], maps[positions].mean(0), f"{label}: '{word}'")
     fig.suptitle("alignment weights of a shape word (test scenes 0-2; seed 0 of each backbone)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path.parent, path.name)
 
 
 def write_plots(cfg: StudyConfig, results: dict, out: Path) -> list[str]:
@@ -87,10 +94,7 @@ def write_plots(cfg: StudyConfig, results: dict, out: Path) -> list[str]:
     _curves(a1, {k: v for k, v in results["stage1_runs"].items() if k in cfg.objectives},
             "stage 1: contrastive loss (SPARC: its global part)\nmean over seeds, band = min..max")
     _curves(a2, results["stage2_runs"], "stage 2")
-    fig.tight_layout()
-    fig.savefig(out / "training_curves.png", dpi=100)
-    plt.close(fig)
-    names.append("training_curves.png")
+    names.append(_save(fig, out, "training_curves.png"))
 
     stage1 = results["stage1"]
     if stage1:
@@ -100,10 +104,7 @@ def write_plots(cfg: StudyConfig, results: dict, out: Path) -> list[str]:
                                                     ("mIoU.paper", None, "mIoU (paper protocol)")]):
             _bars(ax, stage1, key, control, title)
         fig.suptitle("stage 1 on the test scenes: mean ± std over seeds (ablations: one seed)", fontsize=9)
-        fig.tight_layout()
-        fig.savefig(out / "stage1_scores.png", dpi=100)
-        plt.close(fig)
-        names.append("stage1_scores.png")
+        names.append(_save(fig, out, "stage1_scores.png"))
 
     stage2 = results["stage2"]
     if stage2:
@@ -116,10 +117,7 @@ def write_plots(cfg: StudyConfig, results: dict, out: Path) -> list[str]:
                 label="blind baseline")
         ax.set(xlabel="CIDEr (higher is better)", ylabel="CHAIRi (lower is better)", title="stage 2 per backbone")
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "chair_vs_cider.png", dpi=100)
-        plt.close(fig)
-        names.append("chair_vs_cider.png")
+        names.append(_save(fig, out, "chair_vs_cider.png"))
 
     backbones = {label: dirs[0] for label, dirs in results["stage1_runs"].items() if label in cfg.objectives}
     if backbones:

@@ -14,7 +14,7 @@ from .study_config import StudyConfig
 
 RULE = ("▲ / ▼: above / below CLIP by more than the two seed spreads together (|mean − CLIP's mean| > std + CLIP's "
         "std, sample std over seeds); no mark: inside the spread (or one seed: no spread to compare).")
-# Stage 1: (key, header, its control's key and name, or None)
+# Stage 1: (key, header, its control's key and name, or None[, digits])
 STAGE1 = [("i2t_R@1", "i→t R@1", None), ("t2i_R@1", "t→i R@1", None),
           ("truth_R@1", "truth-aware t→i R@1", ("truth_R@1_chance", "chance")),
           ("i2t_truth_R@1", "truth-aware i→t R@1", None),
@@ -26,8 +26,9 @@ GROUNDING = [("model.mass_in_mask", "mass-in-mask", ("uniform.mass_in_mask", "un
 STAGE2 = [("CIDEr", "CIDEr", ("blind_CIDEr", "blind")), ("Bleu_4", "BLEU-4", ("blind_Bleu_4", "blind")),
 ("ROUGE_L", "ROUGE-L", ("blind_ROUGE_L", "blind")),
           ("CHAIRs", "CHAIRs ↓", ("blind_CHAIRs", "blind")), ("CHAIRi", "CHAIRi ↓", ("blind_CHAIRi", "blind")),
-          ("pope_random", "POPE random acc.", None), ("image_contribution", "image contribution (nats/token)", None),
-          ("object_word_contribution", "object-word contribution", None)]
+          ("pope_random", "POPE random acc.", None),
+          ("image_contribution", "image contribution (nats/token)", None, 3),
+          ("object_word_contribution", "object-word contribution", None, 3)]
 # The paper's CLIP -> SPARC deltas (Bica et al., ICML 2024, arXiv 2401.09865; ViT-B/16, docs/sparc_method.md) and the
 # nearest analogue measured here: (what, clip, sparc, stage, key, analogue).
 PAPER = [("ImageNet zero-shot top-1", 71.6, 72.6, 1, "probes",
@@ -81,16 +82,17 @@ def collect(steps: list[Step]) -> dict:
 
 
 def table(rows: dict[str, list[dict]], columns, reference: str | None, digits: int = 1) -> list[str]:
-    head = ["run", "seeds"] + [h + (f" ({c[1]})" if c else "") for _, h, c in columns]
+    head = ["run", "seeds"] + [h + (f" ({c[1]})" if c else "") for _, h, c, *_ in columns]
     lines = ["| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * len(columns)]
     ref = rows.get(reference) if reference else None
     for label, runs in rows.items():
         cells = [label, str(len(runs))]
-        for key, _, control in columns:
+        for key, _, control, *own in columns:
+            d = own[0] if own else digits
             values = [r.get(key) for r in runs]
-            text = cell(values, None if label == reference or ref is None else [r.get(key) for r in ref], digits)
+            text = cell(values, None if label == reference or ref is None else [r.get(key) for r in ref], d)
             if control:
-                text += f" ({mean_std([r.get(control[0]) for r in runs])[0]:.{digits}f})"
+                text += f" ({mean_std([r.get(control[0]) for r in runs])[0]:.{d}f})"
             cells.append(text)
         lines.append("| " + " | ".join(cells) + " |")
     return lines
