@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from spark_vlm.experiments import study
-from spark_vlm.experiments.plan import build_plan, describe, write_json
+from spark_vlm.experiments.plan import build_plan, write_json
 from spark_vlm.experiments.runs import RunError, mismatches
 from spark_vlm.experiments.study_config import load_study
 from spark_vlm.experiments.study_report import (ablation_table, cell, markdown, mean_std, outside_spread,
