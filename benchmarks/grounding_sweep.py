@@ -19,84 +19,45 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
-import yaml
 
+from spark_vlm.experiments.runs import RunError, mismatches, train
+from spark_vlm.experiments.stage1_scores import BASELINES, stage1_scores
+from spark_vlm.experiments.study_report import mean_std as stats
+from spark_vlm.experiments.variants import VARIANTS
 from spark_vlm.training.stage1_config import Stage1Config
-
-REPO = Path(__file__).resolve().parents[1]
-# Named stage-1 config overrides. "sparc" is the paper's loss; the others add one option each, "sparc+all" all three.
-OPTIONS = ["fine_centre_positions=true", "fine_cross_images=4", "fine_content_tokens_only=true"]
-VARIANTS = {
-    "clip": ["loss=clip"],
-    "filip": ["loss=filip"],
-    "sparc": [],
-    "sparc+centre": [OPTIONS[0]],
-    "sparc+centre+sharp": [OPTIONS[0], "fine_threshold=0.5"],  # fewer patches kept (sigma 0.5 instead of 1/P)
-    "sparc+cross4": [OPTIONS[1]],
-    "sparc+content": [OPTIONS[2]],
-    "sparc+all": OPTIONS,
-}
-BASELINES = ("uniform", "position_only", "blank_image")
-
-
-class SweepError(Exception):
-    """A run that cannot be used: one line for the user."""
 
 
 def train_run(run_dir: Path, overrides: list[str], seed: int, args) -> None:
     """Train (or finish training) one run; a run whose final evaluation exists is left as it is."""
-    config = run_dir / "config.yaml"
-    if config.exists():
-        train = (yaml.safe_load(config.read_text()) or {}).get("train", {})
-        if (train.get("max_steps"), train.get("batch_size")) != (args.steps, args.batch_size):
-            raise SweepError(f"{run_dir} was trained with max_steps={train.get('max_steps')} batch_size="
-                             f"{train.get('batch_size')}, not {args.steps} x {args.batch_size}; use another --out")
-    if (run_dir / "eval_results.json").exists():
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, str(REPO / "stage1_pretrain" / "train.py"), "--resume", "latest", *overrides,
-           f"train.seed={seed}", f"train.max_steps={args.steps}", f"train.batch_size={args.batch_size}",
-           f"train.eval_every={args.eval_every}", f"train.output_dir={run_dir}", *args.override]
-    log = run_dir / "sweep_train.log"
-    print(f"training {run_dir} ...", flush=True)
-    with open(log, "a") as f:
-        if subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO).returncode != 0:
-            raise SweepError(f"training {run_dir} failed; see {log}")
+    shape = [f"train.max_steps={args.steps}", f"train.batch_size={args.batch_size}"]
+    found = mismatches(run_dir, shape)
+    if found:
+        steps, batch = (found.get(k, (w,))[0] for k, w in (("train.max_steps", args.steps),
+                                                           ("train.batch_size", args.batch_size)))
+        raise RunError(f"{run_dir} was trained with max_steps={steps} batch_size={batch}, not {args.steps} x "
+                       f"{args.batch_size}; use another --out")
+    if not (run_dir / "eval_results.json").exists():
+        print(f"training {run_dir} ...", flush=True)
+    train(1, run_dir, [*overrides, f"train.seed={seed}", *shape, f"train.eval_every={args.eval_every}",
+                       *args.override])
 
 
 def score_run(run_dir: Path, num_images: int) -> dict[str, float]:
-    """Grounding (all words), the shortcut diagnostics, retrieval and probes of one run, cached in the run dir."""
+    """stage1_scores of one run, cached in the run dir."""
     cache = run_dir / "sweep_scores.json"
     if cache.exists() and json.loads(cache.read_text()).get("num_images") == num_images:
         return json.loads(cache.read_text())
-    from spark_vlm.evaluation.data import CaptionData
-    from spark_vlm.evaluation.grounding import grounding_report
-    from spark_vlm.evaluation.probes import probes_report
-    from spark_vlm.evaluation.retrieval import retrieval_report
-
-    grounding = grounding_report(str(run_dir), num_images).result
-    retrieval = retrieval_report(str(run_dir), CaptionData(num_images=num_images)).result
-    probes = probes_report(str(run_dir), num_images=num_images).result
-    words = grounding["all"]
-    scores = {"num_images": num_images, "words": words["words"],
-              **{f"{who}.{measure}": words[f"{who}.{measure}"] for who in ("model", "model_centred", *BASELINES)
-                 for measure in ("mass_in_mask", "pointing")},
-              **grounding["shortcut"],
-              "t2i_R@1": retrieval["text_to_image_R@1"], "i2t_R@1": retrieval["image_to_text_R@1"],
-              "truth_R@1": retrieval["by_kind"]["all"]["truth_R@1"],
-              "probes": probes["mean_accuracy"], "probes.blank_image": probes["blank_image_mean_accuracy"]}
+    scores = stage1_scores(run_dir, num_images)
     cache.write_text(json.dumps(scores, indent=2))
     return scores
 
 
 def mean_std(runs: list[dict], key: str) -> tuple[float, float]:
-    values = np.array([r[key] for r in runs], dtype=float)
-    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return stats(r[key] for r in runs)
 
 
 def cell(runs: list[dict], key: str, digits: int = 1) -> str:
@@ -206,7 +167,7 @@ def main(argv=None) -> int:
             for seed, run_dir in enumerate(dirs):
                 train_run(run_dir, VARIANTS[name], seed, args)
         scores = {name: [score_run(d, args.num_images) for d in dirs] for name, dirs in run_dirs.items()}
-    except SweepError as err:
+    except RunError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     (out / "sweep.json").write_text(json.dumps({"args": vars(args), "scores": scores}, indent=2))

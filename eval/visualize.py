@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from spark_vlm.data.images import BadSample, load_image  # noqa: E402
 from spark_vlm.data.scenes import SceneConfig, generate_scene  # noqa: E402
-from spark_vlm.evaluation.alignment import alignment_maps  # noqa: E402
+from spark_vlm.evaluation.alignment import alignment_maps, draw_overlay  # noqa: E402
 from spark_vlm.evaluation.stage1_run import load_stage1_run  # noqa: E402
 from spark_vlm.evaluation.report import error_line  # noqa: E402
 
@@ -57,9 +57,7 @@ def main(argv=None) -> None:
     axes.flat[0].imshow(image)
     axes.flat[0].set_title("image", fontsize=9)
     for ax, name, heat in zip(axes.flat[1:], names, maps):
-        ax.imshow(image)
-        ax.imshow(heat.numpy(), cmap="inferno", alpha=0.6, vmin=0.0, vmax=max(float(heat.max()), 1e-8))
-        ax.set_title(name, fontsize=9)
+        draw_overlay(ax, image, heat, name)
     fig.suptitle(caption, fontsize=10)
     fig.tight_layout()
     fig.savefig(args.out, dpi=100)

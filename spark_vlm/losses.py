@@ -159,13 +159,18 @@ def sparc_alignment(
     token_embeds: torch.Tensor,
     token_mask: torch.Tensor | None = None,
     threshold: float | None = None,
+    weights: str = "l1",
     eps: float = 1e-6,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sparse token-to-patch alignment within each pair (Eqs. 2-5).
 
     Returns (grouped [B, L, D], weights [B, L, P]) in fp32. Padded tokens get all-zero weights and a zero
     grouped embedding. Runs in fp32 even under autocast: the min-max and the 1/P threshold are sensitive.
+    `weights="softmax"` (the paper's ablation; a deviation, docs/sparc_method.md) replaces Eq. 5's L1
+    renormalisation by a softmax of the raw similarities s_lp (Eq. 2) over the patches that Eq. 4 keeps.
     """
+    if weights not in ("l1", "softmax"):
+        raise ValueError(f"weights must be 'l1' or 'softmax', got {weights!r}")
     with torch.autocast(device_type=patch_embeds.device.type, enabled=False):
         v = patch_embeds.float()
         t = token_embeds.float()
@@ -187,14 +192,18 @@ def sparc_alignment(
         # Eq. 4: sparsify with sigma = 1/P. The best patch has value exactly 1, so every row keeps >= 1 patch.
         s_tilde = s_hat * (s_hat >= sigma).to(s_hat.dtype)
 
-        # Eq. 5: L1 renormalisation (no softmax: the paper's ablation shows softmax hurts).
-        weights = s_tilde / s_tilde.sum(dim=-1, keepdim=True)
+        # Eq. 5: L1 renormalisation (no softmax: the paper's ablation shows softmax hurts). The softmax option
+        # runs over the kept patches only; the best patch is always kept, so no row is empty.
+        if weights == "l1":
+            a = s_tilde / s_tilde.sum(dim=-1, keepdim=True)
+        else:
+            a = s.masked_fill(s_hat < sigma, torch.finfo(s.dtype).min).softmax(dim=-1)
         if token_mask is not None:
-            weights = weights * token_mask.to(weights.dtype).unsqueeze(-1)
+            a = a * token_mask.to(a.dtype).unsqueeze(-1)
 
         # Language-grouped vision embeddings: c_l = sum_p a_lp v_p, from this pair's own patches only.
-        grouped = torch.bmm(weights, v)
-    return grouped, weights
+        grouped = torch.bmm(a, v)
+    return grouped, a
 
 
 def sparc_fine_grained_loss(
@@ -205,6 +214,7 @@ def sparc_fine_grained_loss(
     cross_images: int = 0,
     centre_positions: bool = False,
     threshold: float | None = None,
+    weights: str = "l1",
 ) -> torch.Tensor:
     """Fine-grained loss (Eq. 6): each token against the grouped embeddings of its *own* caption.
 
@@ -212,7 +222,8 @@ def sparc_fine_grained_loss(
     real tokens, then over the captions of the batch (captions with no real token are left out).
     Memory is O(B * L * (P + L)); no B x B x L x P tensor is built.
 
-    `threshold` is the sparsity threshold sigma of Eq. 4 (None: the paper's 1/P; higher keeps fewer patches).
+    `threshold` is the sparsity threshold sigma of Eq. 4 (None: the paper's 1/P; higher keeps fewer patches), and
+    `weights` Eq. 5's normalisation ("l1", the paper's, or "softmax", its ablation; see `sparc_alignment`).
     Two options, both off by default (the paper's loss), both deviations from the paper (docs/sparc_method.md):
       centre_positions  subtract from every patch embedding its position's mean over the batch's images before
                         the alignment, so a per-position code that every image shares (and a blank image
@@ -231,7 +242,7 @@ def sparc_fine_grained_loss(
     if centre_positions:
         with torch.autocast(device_type=patch_embeds.device.type, enabled=False):
             patch_embeds = patch_embeds.float() - patch_embeds.float().mean(dim=0, keepdim=True)
-    grouped, _ = sparc_alignment(patch_embeds, token_embeds, mask, threshold)
+    grouped, _ = sparc_alignment(patch_embeds, token_embeds, mask, threshold, weights)
     with torch.autocast(device_type=patch_embeds.device.type, enabled=False):
         c = F.normalize(grouped, dim=-1)
         t = F.normalize(token_embeds.float(), dim=-1)
@@ -245,7 +256,8 @@ def sparc_fine_grained_loss(
         logits_c2t = (scale * torch.bmm(c, t.transpose(1, 2))).masked_fill(col_pad, neg)
         if cross_images:
             # Column L + j - 1 of row l: t_l against its grouping over image (i + j) mod B, j = 1..K.
-            others = [F.normalize(sparc_alignment(patch_embeds.roll(-j, dims=0), token_embeds, mask, threshold)[0],
+            others = [F.normalize(sparc_alignment(patch_embeds.roll(-j, dims=0), token_embeds, mask, threshold,
+                                                  weights)[0],
                                   dim=-1)
                       for j in range(1, cross_images + 1)]
             cross = scale * torch.stack([(t * o).sum(-1) for o in others], dim=-1)  # [B, L, K]
@@ -277,15 +289,16 @@ def sparc_loss(
     cross_images: int = 0,
     centre_positions: bool = False,
     threshold: float | None = None,
+    weights: str = "l1",
 ) -> dict[str, torch.Tensor]:
     """Eq. 7: lambda_g * L_global + lambda_f * L_fine. Returns the total and both parts (for logging).
 
     `fine_mask` [B, L] (default: token_mask) restricts the fine-grained loss to some real tokens, e.g. content
-    words only; the text embeddings and the global loss are unaffected. `cross_images`, `centre_positions` and
-    `threshold` are sparc_fine_grained_loss's options (off / None by default: the paper's loss)."""
+    words only; the text embeddings and the global loss are unaffected. `cross_images`, `centre_positions`,
+    `threshold` and `weights` are sparc_fine_grained_loss's options (off / None / "l1" by default: the paper's loss)."""
     global_loss = clip_loss(image_embeds, text_embeds, logit_scale)
     fine_loss = sparc_fine_grained_loss(patch_embeds, token_embeds, token_mask if fine_mask is None else fine_mask,
-                                        logit_scale, cross_images, centre_positions, threshold)
+                                        logit_scale, cross_images, centre_positions, threshold, weights)
     return {
         "loss": lambda_global * global_loss + lambda_fine * fine_loss,
         "global_loss": global_loss,

@@ -54,6 +54,8 @@ def test_overrides_apply_with_types():
     (["fine_content_tokens_only=sometimes"], "fine_content_tokens_only: expected true/false"),
     (["loss=clip", "fine_centre_positions=true"], "loss: the fine_* options change SPARK's fine-grained loss"),
     (["fine_threshold=1.5"], "fine_threshold: must be in [0, 1) or null (1/P), got 1.5"),
+    (["fine_weights=l2"], "fine_weights"),
+    (["loss=filip", "fine_weights=softmax"], "loss: the fine_* options change SPARK's fine-grained loss"),
 ])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError) as err:

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from spark_vlm.data.content_tokens import FunctionTokens
-from spark_vlm.losses import clip_loss, sparc_fine_grained_loss, sparc_loss
+from spark_vlm.losses import clip_loss, sparc_alignment, sparc_fine_grained_loss, sparc_loss
 from test_losses import F64, _neg_log_softmax_at, _norm1d, grads_of, leaves, make_batch, ref_alignment, ref_fine
 
 
-def ref_fine_options(patches, tokens, mask, scale, cross_images=0, centre=False, threshold=None):
+def ref_fine_options(patches, tokens, mask, scale, cross_images=0, centre=False, threshold=None, weights="l1"):
     """Eq. 6 per caption, token by token, with the options: patches centred per position by an explicit mean over
     images; in the token -> grouped row of token l, after the caption's own grouped embeddings, the same token's
     grouping over image (b + m) mod B for m = 1..K."""
@@ -24,7 +24,8 @@ def ref_fine_options(patches, tokens, mask, scale, cross_images=0, centre=False,
                                             for p in range(P)]) for b in range(B)])
 
     def grouped(image, caption, l):  # token l of `caption` grouped over the patches of `image`
-        return ref_alignment(patches[image][None], tokens[caption, l][None, None], threshold=threshold)[1][0][0]
+        return ref_alignment(patches[image][None], tokens[caption, l][None, None], threshold=threshold,
+                             weights=weights)[1][0][0]
 
     losses = []
     for b in range(B):
@@ -72,6 +73,34 @@ def test_sparsity_threshold_matches_the_reference(cross_images, centre, threshol
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-6)
     paper = ref_fine_options(patches, tokens, mask, 10.0, cross_images, centre)
     assert not math.isclose(out.item(), paper.item(), rel_tol=1e-4), "the threshold had no effect"
+
+
+@pytest.mark.parametrize("cross_images, centre, threshold", [(0, False, None), (2, True, None), (0, False, 0.0),
+                                                             (1, False, 0.5)])
+def test_softmax_weights_match_the_reference_value_and_grads(cross_images, centre, threshold):
+    """`weights="softmax"` (config `fine_weights`, the paper's ablation of Eq. 5): a softmax of the raw similarities
+    over the kept patches, in the loss and its gradients, with every other option."""
+    _, _, patches, tokens, mask = make_batch()
+    p, t = leaves(patches, tokens)
+    out = sparc_fine_grained_loss(p, t, mask, 10.0, cross_images=cross_images, centre_positions=centre,
+                                  threshold=threshold, weights="softmax")
+    rp, rt = leaves(patches, tokens)
+    ref = ref_fine_options(rp, rt, mask, 10.0, cross_images, centre, threshold, weights="softmax")
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-6)
+    for name, gm, gr in zip(["patches", "tokens"], grads_of(out, [p, t]), grads_of(ref, [rp, rt])):
+        torch.testing.assert_close(gm.double(), gr, rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+    l1 = ref_fine_options(patches, tokens, mask, 10.0, cross_images, centre, threshold)
+    assert not math.isclose(out.item(), l1.item(), rel_tol=1e-4), "softmax had no effect"
+
+
+def test_softmax_weights_are_a_distribution_over_the_kept_patches():
+    _, _, patches, tokens, mask = make_batch(dtype=torch.float32)
+    _, l1 = sparc_alignment(patches, tokens, mask)
+    _, soft = sparc_alignment(patches, tokens, mask, weights="softmax")
+    torch.testing.assert_close(soft.sum(-1), mask.float())  # rows sum to 1, padding rows to 0
+    assert torch.equal(soft > 0, l1 > 0)  # the same patches kept (Eq. 4), only the normalisation differs
+    with pytest.raises(ValueError, match="weights must be 'l1' or 'softmax', got 'l2'"):
+        sparc_alignment(patches, tokens, mask, weights="l2")
 
 
 @pytest.mark.parametrize("cross_images, centre", OPTIONS)
@@ -194,14 +223,15 @@ def test_config_keys_reach_the_loss():
              "attention_mask": ids != 0}
     function_tokens = FunctionTokens(_Pieces(vocab))
     cfg = load_config(Stage1Config, None, ["fine_cross_images=2", "fine_content_tokens_only=true",
-                                           "fine_centre_positions=true", "fine_threshold=0.4"])
+                                           "fine_centre_positions=true", "fine_threshold=0.4",
+                                           "fine_weights=softmax"])
     with torch.no_grad():
         got = stage1_loss(cfg, model, batch, function_tokens)
         out = model(to_pixel_values(batch["images"]), ids, ids != 0)
         content = torch.tensor([[0, 1, 1, 0, 0, 0], [1, 1, 1, 0, 0, 1], [0, 1, 0, 1, 1, 0]], dtype=torch.bool)
         want = sparc_loss(out.image_embeds, out.text_embeds, out.patch_embeds, out.token_embeds, out.token_mask,
                           out.logit_scale, fine_mask=content, cross_images=2, centre_positions=True,
-                          threshold=0.4)
+                          threshold=0.4, weights="softmax")
         paper = stage1_loss(load_config(Stage1Config, None, []), model, batch)
     for key in ("loss", "global_loss", "fine_loss"):
         torch.testing.assert_close(got[key], want[key])

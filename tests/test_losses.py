@@ -89,10 +89,11 @@ def ref_filip(patches, tokens, mask, scale) -> torch.Tensor:
     return (li + lt) / 2
 
 
-def ref_alignment(patches, tokens, mask=None, threshold=None, eps=1e-6):
+def ref_alignment(patches, tokens, mask=None, threshold=None, eps=1e-6, weights="l1"):
     """Eqs. 2-5 per (example, token): min-max over patches, keep >= threshold (default 1/P), L1-normalise,
     grouped = weighted sum of the raw patch embeddings. A flat row gets uniform weights (documented design
-    decision). Returns python nested lists of 1-D tensors: weights[b][l] ([P]) and grouped[b][l] ([D])."""
+    decision). weights="softmax": exp(s_p) / sum of exp(s_r) over the kept patches r, 0 elsewhere.
+    Returns python nested lists of 1-D tensors: weights[b][l] ([P]) and grouped[b][l] ([D])."""
     B, P, D = patches.shape
     L = tokens.shape[1]
     thr = 1.0 / P if threshold is None else threshold
@@ -113,7 +114,11 @@ def ref_alignment(patches, tokens, mask=None, threshold=None, eps=1e-6):
                 sh = (s - mn) / d
                 keep = (sh.detach() >= thr).to(s.dtype)
                 sp = sh * keep
-                w = sp / sp.sum()
+                if weights == "l1":
+                    w = sp / sp.sum()
+                else:
+                    e = [torch.exp(s[p] - mx) if keep[p] else 0 * s[p] for p in range(P)]
+                    w = torch.stack([x / sum(e) for x in e])
             g = sum(w[p] * patches[b, p] for p in range(P))
             wb.append(w)
             gb.append(g)

@@ -26,3 +26,11 @@ def alignment_maps(model, tokenizer, image: np.ndarray, caption: str) -> tuple[t
     grid = weights[0, :n].reshape(n, 1, side, side).cpu()
     maps = F.interpolate(grid, size=image.shape[:2], mode="bilinear", align_corners=False)[:, 0]
     return maps, tokenizer.pieces(ids[0, :n].tolist())
+
+
+def draw_overlay(ax, image: np.ndarray, heat: torch.Tensor, title: str) -> None:
+    """One alignment map laid over its image on a matplotlib axis (eval/visualize.py, the study's heatmap grid)."""
+    ax.imshow(image)
+    ax.imshow(heat.numpy(), cmap="inferno", alpha=0.6, vmin=0.0, vmax=max(float(heat.max()), 1e-8))
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")

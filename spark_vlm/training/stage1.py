@@ -44,7 +44,8 @@ def stage1_loss(cfg: Stage1Config, model, batch: dict, function_tokens: Function
     return sparc_loss(out.image_embeds, out.text_embeds, out.patch_embeds, out.token_embeds, out.token_mask,
                       out.logit_scale, lambda_global=cfg.lambda_global, lambda_fine=cfg.lambda_fine,
                       fine_mask=fine_mask, cross_images=cfg.fine_cross_images,
-                      centre_positions=cfg.fine_centre_positions, threshold=cfg.fine_threshold)
+                      centre_positions=cfg.fine_centre_positions, threshold=cfg.fine_threshold,
+                      weights=cfg.fine_weights)
 
 
 def flops_per_sample(model: SparkModel) -> float:

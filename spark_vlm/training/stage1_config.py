@@ -76,6 +76,7 @@ class Stage1Config:
     fine_content_tokens_only: bool = False  # no function words or punctuation in the fine loss (data/content_tokens.py)
     fine_centre_positions: bool = False  # subtract each patch position's batch mean before the alignment
     fine_threshold: float | None = None  # sparsity threshold sigma on min-max similarities; null = 1/P (the paper)
+    fine_weights: Literal["l1", "softmax"] = "l1"  # Eq. 5: L1 (the paper) or softmax over the kept patches (ablation)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -93,6 +94,6 @@ class Stage1Config:
         check(self.fine_threshold is None or 0 <= self.fine_threshold < 1, "fine_threshold",
               f"must be in [0, 1) or null (1/P), got {self.fine_threshold}")
         fine_options = (self.fine_cross_images or self.fine_content_tokens_only or self.fine_centre_positions
-                        or self.fine_threshold is not None)
+                        or self.fine_threshold is not None or self.fine_weights != "l1")
         check(self.loss == "sparc" or not fine_options, "loss",
               f"the fine_* options change SPARK's fine-grained loss; loss={self.loss} has none")

@@ -1,0 +1,15 @@
+"""The stage-1 objectives compared by the grounding sweep and the study: named stage-1 config overrides. "sparc" is
+the paper's loss; the others add one fine-grained option each (issue 9), "sparc+all" all three."""
+from __future__ import annotations
+
+OPTIONS = ["fine_centre_positions=true", "fine_cross_images=4", "fine_content_tokens_only=true"]
+VARIANTS = {
+    "clip": ["loss=clip"],
+    "filip": ["loss=filip"],
+    "sparc": [],
+    "sparc+centre": [OPTIONS[0]],
+    "sparc+centre+sharp": [OPTIONS[0], "fine_threshold=0.5"],  # fewer patches kept (sigma 0.5 instead of 1/P)
+    "sparc+cross4": [OPTIONS[1]],
+    "sparc+content": [OPTIONS[2]],
+    "sparc+all": OPTIONS,
+}
