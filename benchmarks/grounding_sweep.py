@@ -72,10 +72,11 @@ def markdown(scores: dict[str, list[dict]], args) -> str:
              f"{args.num_images} test scenes (mean ± std over seeds)", "",
              "Mass-in-mask and pointing (%) of the shape and colour words' alignment weights on their objects' masks, "
              "beside what ignores the image: uniform weights, the position code alone (the mean patch embeddings), "
-             "a blank grey image; the difference from CLIP's mean; and the model read centred (each patch minus its "
-             "position's mean over the test images).", "",
-             "| variant | mass-in-mask | uniform / position-only / blank | − CLIP | centred | pointing | "
-             "uniform / position-only / blank | − CLIP | centred |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "a blank grey image; then weights on every object alike, whatever the word names (any object: what "
+             "telling objects from the background earns without grounding the word); the difference from CLIP's "
+             "mean; and the model read centred (each patch minus its position's mean over the test images).", "",
+             "| variant | mass-in-mask | uniform / position-only / blank / any object | − CLIP | centred | pointing | "
+             "uniform / position-only / blank / any object | − CLIP | centred |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, runs in scores.items():
         row = [name]
         for measure in ("mass_in_mask", "pointing"):

@@ -10,7 +10,8 @@ import torch
 
 from spark_vlm.metrics.grounding import named_objects, words_of
 from spark_vlm.losses import sparc_alignment
-from spark_vlm.metrics.grounding import mass_in_mask, patch_coverage, pointing_hit, uniform_baseline
+from spark_vlm.metrics.grounding import (any_object_baseline, mass_in_mask, patch_coverage, pointing_hit,
+                                        uniform_baseline)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,6 +34,17 @@ def test_mass_pointing_and_uniform_baseline_by_hand():
     assert uniform_baseline(coverage) == (pytest.approx(1.25 / 4), 0.5)
     with pytest.raises(ValueError):
         mass_in_mask(np.zeros(4), coverage)
+
+
+def test_any_object_baseline_by_hand():
+    """Two objects: the named one covers patch 0 and half of patch 1, the other patch 3. The word-agnostic readout
+    weighs patches by their share of object pixels (1, 0.5, 0, 1): mass (1 + 0.5 * 0.5) / 2.5 on the named object; its heaviest
+    patches are 0 and 3 (tied), one of which touches the named object: pointing 0.5 in expectation."""
+    named = np.array([1.0, 0.5, 0.0, 0.0])
+    objects = np.array([1.0, 0.5, 0.0, 1.0])
+    assert any_object_baseline(named, objects) == (pytest.approx(0.5), 0.5)
+    whole = np.array([1.0, 0.0, 0.0, 1.0])  # patch-aligned objects, a word naming them all: all of it
+    assert any_object_baseline(whole, whole) == (pytest.approx(1.0), 1.0)
 
 
 def test_a_token_that_matches_exactly_the_masked_patches_puts_all_its_mass_there():
@@ -78,11 +90,13 @@ def test_cli_reports_model_beside_its_baselines(tmp_path):
     cli.main(["--checkpoint", str(run), "--num-images", "12", "--out", str(out)])
     assert out.read_text() == first  # deterministic
     assert result["all"]["words"] == result["shape"]["words"] + result["colour"]["words"] > 0
-    for name in ("model", "model_centred", "uniform", "position_only", "blank_image"):
+    for name in ("model", "model_centred", "uniform", "any_object", "position_only", "blank_image"):
         assert 0 <= result["all"][f"{name}.mass_in_mask"] <= 100 and 0 <= result["all"][f"{name}.pointing"] <= 100
     shortcut = result["shortcut"]
     assert 0 <= shortcut["position_variance_share"] <= 1 and 0 < shortcut["patches_kept_frac"] <= 1
     assert all(np.isfinite(shortcut[k]) for k in shortcut)
+    # knowing where the objects are beats knowing nothing
+    assert result["all"]["any_object.mass_in_mask"] > result["all"]["uniform.mass_in_mask"]
     assert json.loads(first)["objective"] == "unknown"  # no config.yaml in this hand-made run
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["--checkpoint", str(tmp_path), "--out", str(tmp_path / "x.json")])

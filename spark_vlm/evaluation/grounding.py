@@ -12,6 +12,8 @@ The model is read twice: as it is, and centred (each patch embedding minus its p
 images), which shows what lies under a per-position code and is the readout that `fine_centre_positions` trains.
 Beside the model's numbers, what a model that does not look gets:
   uniform        weights 1/P (the object's share of the image; the chance a random patch touches it);
+  any object     weights on every object's pixels alike, whatever the word names: what telling objects from the
+                 background earns without grounding the word (a word-specific grounding must beat it);
   position-only  the same tokens against the *mean* patch embeddings of the evaluated images (each position's
                  average over images): what the position code alone points at;
   blank image    the same tokens against a uniform grey image's patches.
@@ -28,7 +30,8 @@ import torch
 
 from ..data.images import to_pixel_values
 from ..losses import sparc_alignment, sparc_fine_grained_loss
-from ..metrics.grounding import mass_in_mask, named_words, pointing_hit, uniform_baseline
+from ..metrics.grounding import (any_object_baseline, mass_in_mask, named_words, patch_coverage, pointing_hit,
+                                uniform_baseline)
 from .data import builtin_scenes, scene_images
 from .report import Report
 from .stage1_run import device, load_stage1_run, run_objective
@@ -85,6 +88,7 @@ def grounding_report(checkpoint, num_images: int = 500, batch_size: int = 64) ->
         tokens, token_mask, pieces = captions[i]
         weights = {name: sparc_alignment(patches_of(i)[None].expand(len(tokens), -1, -1), tokens, token_mask)[1].numpy()
                    for name, patches_of in readouts.items()}  # each [C, L, P]
+        objects = patch_coverage(np.any([o["mask"] for o in scene["objects"]], axis=0), grid)
         for c, caption_pieces in enumerate(pieces):
             for kind, positions, coverage in named_words(caption_pieces, scene["objects"], grid):
                 for key in ("all", kind):
@@ -92,9 +96,10 @@ def grounding_report(checkpoint, num_images: int = 500, batch_size: int = 64) ->
                         word_weights = w[c, positions].mean(0)
                         sums[key][f"{name}.mass_in_mask"].append(mass_in_mask(word_weights, coverage))
                         sums[key][f"{name}.pointing"].append(float(pointing_hit(word_weights, coverage)))
-                    mass, pointing = uniform_baseline(coverage)
-                    sums[key]["uniform.mass_in_mask"].append(mass)
-                    sums[key]["uniform.pointing"].append(pointing)
+                    for name, (mass, pointing) in (("uniform", uniform_baseline(coverage)),
+                                                   ("any_object", any_object_baseline(coverage, objects))):
+                        sums[key][f"{name}.mass_in_mask"].append(mass)
+                        sums[key][f"{name}.pointing"].append(pointing)
 
     result = {"checkpoint": str(checkpoint), "objective": run_objective(checkpoint),
               "data": f"built-in scenes, test split, {len(scenes)} images", "readout": "sparc_alignment weights"}
@@ -104,7 +109,7 @@ def grounding_report(checkpoint, num_images: int = 500, batch_size: int = 64) ->
     result["shortcut"] = shortcut_diagnostics(patches, captions, position_only, blank, float(model.logit_scale.detach()))
     rows = [{"words": f"{key} ({result[key]['words']})", "measure": measure,
              **{name: result[key][f"{name}.{measure}"]
-                for name in ("model", "model_centred", "uniform", "position_only", "blank_image")}}
+                for name in ("model", "model_centred", "uniform", "any_object", "position_only", "blank_image")}}
             for key in ("all", "shape", "colour") if key in result for measure in ("mass_in_mask", "pointing")]
     return Report("Grounding: words -> their objects' masks (%)", result, rows)
 

@@ -1,10 +1,10 @@
 """Every held-out score of one stage-1 run on the built-in test scenes, as one flat dict: grounding (all words,
-beside the uniform / position-only / blank-image readouts, and centred), the alignment shortcut diagnostics,
+beside the uniform / position-only / blank-image / any-object readouts, and centred), the alignment shortcut diagnostics,
 retrieval (both directions, and truth-aware: any image the caption is true of), the probes beside a blank image's,
 zero-shot segmentation mIoU (both protocols) and K-Precision. One definition for the grounding sweep and the study."""
 from __future__ import annotations
 
-BASELINES = ("uniform", "position_only", "blank_image")
+BASELINES = ("uniform", "position_only", "blank_image", "any_object")
 
 
 def stage1_scores(run_dir, num_images: int) -> dict[str, float]:

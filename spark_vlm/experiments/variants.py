@@ -9,6 +9,8 @@ VARIANTS = {
     "sparc": [],
     "sparc+centre": [OPTIONS[0]],
     "sparc+centre+sharp": [OPTIONS[0], "fine_threshold=0.5"],  # fewer patches kept (sigma 0.5 instead of 1/P)
+    "sparc+softmax": ["fine_weights=softmax"],  # the paper's ablation: softmax of the raw similarities (not L1)
+    "sparc+centre+softmax": [OPTIONS[0], "fine_weights=softmax"],
     "sparc+cross4": [OPTIONS[1]],
     "sparc+content": [OPTIONS[2]],
     "sparc+all": OPTIONS,

@@ -44,6 +44,15 @@ def uniform_baseline(coverage: np.ndarray) -> tuple[float, float]:
     return float(coverage.mean()), float((coverage > 0).mean())
 
 
+def any_object_baseline(coverage: np.ndarray, objects: np.ndarray) -> tuple[float, float]:
+    """(mass-in-mask, pointing) of a readout that knows where the objects are but not which one the word names:
+    weights = each patch's share of pixels in *any* object (`objects`, the coverage of all the scene's objects).
+    Pointing is its expectation over the tied heaviest patches. A model that only separates objects from the
+    background scores this, so a word-specific grounding must beat it, not just uniform weights."""
+    top = objects >= objects.max()
+    return mass_in_mask(objects, coverage), float((coverage[top] > 0).mean())
+
+
 _SINGULAR = {plural: word for word, plural in PLURALS.items()}
 
 
