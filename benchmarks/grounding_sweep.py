@@ -7,6 +7,7 @@ evaluation (words -> ground-truth masks), retrieval and the fine-grained probes,
     OUT/sweep.json    every run's scores
     OUT/sweep.png     mass-in-mask over training steps per objective (the periodic eval's grounding), or, for runs
                       without it, the final values with error bars
+    OUT/heatmaps.png  a shape word's alignment weights on the same 3 test scenes, one row per objective (seed 0)
 
     python benchmarks/grounding_sweep.py                          # every variant x 3 seeds, 1200 steps: hours of CPU
     python benchmarks/grounding_sweep.py --variants sparc sparc+centre --seeds 1 --steps 150 --batch-size 64
@@ -26,6 +27,7 @@ import numpy as np
 
 from spark_vlm.experiments.runs import RunError, mismatches, train
 from spark_vlm.experiments.stage1_scores import BASELINES, stage1_scores
+from spark_vlm.experiments.study_plots import heatmap_grid
 from spark_vlm.experiments.study_report import mean_std as stats
 from spark_vlm.experiments.variants import VARIANTS
 from spark_vlm.training.stage1_config import Stage1Config
@@ -174,7 +176,8 @@ def main(argv=None) -> int:
     (out / "sweep.json").write_text(json.dumps({"args": vars(args), "scores": scores}, indent=2))
     (out / "sweep.md").write_text(markdown(scores, args))
     plot(scores, run_dirs, out / "sweep.png")
-    print((out / "sweep.md").read_text() + f"wrote {out}/sweep.md, sweep.json, sweep.png")
+    heatmap_grid(out / "heatmaps.png", {name: str(dirs[0]) for name, dirs in run_dirs.items()})
+    print((out / "sweep.md").read_text() + f"wrote {out}/sweep.md, sweep.json, sweep.png, heatmaps.png")
     return 0
 
 

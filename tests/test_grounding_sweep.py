@@ -55,6 +55,7 @@ def test_micro_sweep_writes_table_plot_and_does_not_retrain(tmp_path, sweep):
     config = (out / "sparc+cross4" / "seed0" / "config.yaml").read_text()
     assert "fine_cross_images: 4" in config and "max_steps: 4" in config
     assert (out / "sweep.png").stat().st_size > 1000
+    assert (out / "heatmaps.png").stat().st_size > 1000  # one row of alignment maps per objective
 
     weights = out / "clip" / "seed0" / "model.safetensors"
     before = weights.stat().st_mtime_ns

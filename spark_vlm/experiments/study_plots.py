@@ -56,7 +56,9 @@ def _save(fig, out: Path, name: str) -> str:
     return name
 
 
-def _heatmaps(path: Path, runs: dict[str, str]) -> None:
+def heatmap_grid(path: Path, runs: dict[str, str]) -> None:
+    """One row per run (label -> stage-1 run dir): a shape word's alignment weights on test scenes 0-2 (the first
+    caption of each), drawn as eval/visualize.py draws them."""
     import matplotlib.pyplot as plt
 
     from ..data.scenes import SceneConfig, generate_scene
@@ -121,6 +123,6 @@ def write_plots(cfg: StudyConfig, results: dict, out: Path) -> list[str]:
 
     backbones = {label: dirs[0] for label, dirs in results["stage1_runs"].items() if label in cfg.objectives}
     if backbones:
-        _heatmaps(out / "heatmaps.png", backbones)
+        heatmap_grid(out / "heatmaps.png", backbones)
         names.append("heatmaps.png")
     return names
