@@ -104,24 +104,11 @@ def filip_loss(
     # fp32 even under autocast (like SPARC's similarities): a bf16/fp16 similarity tensor cannot even hold the
     # fp32 "minus infinity" used to mask padding (masked_fill overflowed under the trainer's default bf16).
     with torch.autocast(device_type=patch_embeds.device.type, enabled=False):
-        v = F.normalize(patch_embeds.float(), dim=-1)
-        t = F.normalize(token_embeds.float(), dim=-1)
-        mask = token_mask.bool()
+        v, t, mask = patch_embeds.float(), token_embeds.float(), token_mask.bool()
         all_v, all_t, all_mask = gather_with_grad(v), gather_with_grad(t), _gather_no_grad(mask)
         labels = _local_labels(v.shape[0], v.device)
-        neg = torch.finfo(torch.float32).min
-
-        # image -> text: local images against all texts
-        sim = torch.einsum("ipd,jld->ijpl", v, all_t)  # [b, N*b, P, L]
-        sim = sim.masked_fill(~all_mask[None, :, None, :], neg)
-        i2t = sim.max(dim=3).values.mean(dim=2)  # [b, N*b]
-
-        # text -> image: local texts against all images
-        sim = torch.einsum("jld,ipd->jilp", t, all_v)  # [b, N*b, L, P]
-        per_token = sim.max(dim=3).values  # [b, N*b, L]
-        m = mask[:, None, :].float()
-        t2i = (per_token * m).sum(-1) / m.sum(-1).clamp_min(1.0)  # [b, N*b]
-
+        i2t = filip_similarity(v, all_t, all_mask)[0]  # local images against all texts [b, N*b]
+        t2i = filip_similarity(all_v, t, mask)[1]  # local texts against all images [b, N*b]
         scale = logit_scale.float() if torch.is_tensor(logit_scale) else logit_scale
         return 0.5 * (F.cross_entropy(scale * i2t, labels) + F.cross_entropy(scale * t2i, labels))
 
