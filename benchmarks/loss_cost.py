@@ -3,6 +3,7 @@
     python benchmarks/loss_cost.py                                  # tiny model, batch 32..512
     python benchmarks/loss_cost.py --preset small --batch-sizes 32 64 128 --out benchmarks/results/small.json
     python benchmarks/loss_cost.py --batch-sizes 32 --losses clip sparc sparc+centre sparc+cross4 sparc+content
+    python benchmarks/loss_cost.py --batch-sizes 64 --losses clip filip sparc sparc+centre+max+cross16+content
 
 Each (loss, batch size) runs in a fresh subprocess so that its peak memory is its own: on CUDA the
 allocator's max_memory_allocated, on CPU the process's peak RSS during the timed steps minus its RSS before
@@ -27,7 +28,9 @@ LOSSES = ("clip", "filip", "sparc")
 # SPARK with each fine-grained option of the stage-1 config (losses.sparc_loss keywords). "content" drops a third
 # of the tokens from the fine loss, about the function words' share of the scenes' captions.
 SPARC_VARIANTS = {"sparc+centre": {"centre_positions": True}, "sparc+cross4": {"cross_images": 4},
-                  "sparc+content": {"content_only": True}}
+                  "sparc+content": {"content_only": True},
+                  "sparc+centre+max+cross16+content": {"centre_positions": True, "weights": "max", "cross_images": 16,
+                                                       "content_only": True}}
 CHOICES = LOSSES + tuple(SPARC_VARIANTS)
 
 

@@ -155,9 +155,12 @@ def sparc_alignment(
     grouped embedding. Runs in fp32 even under autocast: the min-max and the 1/P threshold are sensitive.
     `weights="softmax"` (the paper's ablation; a deviation, docs/sparc_method.md) replaces Eq. 5's L1
     renormalisation by a softmax of the raw similarities s_lp (Eq. 2) over the patches that Eq. 4 keeps.
+    `weights="max"` (a deviation) puts all of a token's weight on its most similar patch (ties share it): the limit
+    sigma -> 1 of Eq. 4, and the per-token selection of FILIP's late interaction. No gradient flows through the
+    choice, only through the chosen patch's embedding (as through FILIP's max).
     """
-    if weights not in ("l1", "softmax"):
-        raise ValueError(f"weights must be 'l1' or 'softmax', got {weights!r}")
+    if weights not in ("l1", "softmax", "max"):
+        raise ValueError(f"weights must be 'l1', 'softmax' or 'max', got {weights!r}")
     with torch.autocast(device_type=patch_embeds.device.type, enabled=False):
         v = patch_embeds.float()
         t = token_embeds.float()
@@ -183,6 +186,9 @@ def sparc_alignment(
         # runs over the kept patches only; the best patch is always kept, so no row is empty.
         if weights == "l1":
             a = s_tilde / s_tilde.sum(dim=-1, keepdim=True)
+        elif weights == "max":
+            best = (s_hat >= 1.0).to(s.dtype).detach()  # the max patch has s_hat exactly 1 (x / x), flat rows all 1
+            a = best / best.sum(dim=-1, keepdim=True)
         else:
             a = s.masked_fill(s_hat < sigma, torch.finfo(s.dtype).min).softmax(dim=-1)
         if token_mask is not None:
@@ -210,7 +216,8 @@ def sparc_fine_grained_loss(
     Memory is O(B * L * (P + L)); no B x B x L x P tensor is built.
 
     `threshold` is the sparsity threshold sigma of Eq. 4 (None: the paper's 1/P; higher keeps fewer patches), and
-    `weights` Eq. 5's normalisation ("l1", the paper's, or "softmax", its ablation; see `sparc_alignment`).
+    `weights` Eq. 5's normalisation ("l1", the paper's; "softmax", its ablation; "max", the best patch only; see
+    `sparc_alignment`).
     Two options, both off by default (the paper's loss), both deviations from the paper (docs/sparc_method.md):
       centre_positions  subtract from every patch embedding its position's mean over the batch's images before
                         the alignment, so a per-position code that every image shares (and a blank image

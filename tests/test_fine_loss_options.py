@@ -99,8 +99,34 @@ def test_softmax_weights_are_a_distribution_over_the_kept_patches():
     _, soft = sparc_alignment(patches, tokens, mask, weights="softmax")
     torch.testing.assert_close(soft.sum(-1), mask.float())  # rows sum to 1, padding rows to 0
     assert torch.equal(soft > 0, l1 > 0)  # the same patches kept (Eq. 4), only the normalisation differs
-    with pytest.raises(ValueError, match="weights must be 'l1' or 'softmax', got 'l2'"):
+    with pytest.raises(ValueError, match="weights must be 'l1', 'softmax' or 'max', got 'l2'"):
         sparc_alignment(patches, tokens, mask, weights="l2")
+
+
+@pytest.mark.parametrize("cross_images, centre", [(0, False), (2, True), (3, False)])
+def test_max_weights_match_the_reference_value_and_grads(cross_images, centre):
+    """`weights="max"` (config `fine_weights=max`): each token groups only its most similar patch, in the loss and
+    its gradients (which reach the chosen patches and the tokens, not the choice), with the other options."""
+    _, _, patches, tokens, mask = make_batch()
+    p, t = leaves(patches, tokens)
+    out = sparc_fine_grained_loss(p, t, mask, 10.0, cross_images=cross_images, centre_positions=centre, weights="max")
+    rp, rt = leaves(patches, tokens)
+    ref = ref_fine_options(rp, rt, mask, 10.0, cross_images, centre, weights="max")
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-6)
+    for name, gm, gr in zip(["patches", "tokens"], grads_of(out, [p, t]), grads_of(ref, [rp, rt])):
+        torch.testing.assert_close(gm.double(), gr, rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+    l1 = ref_fine_options(patches, tokens, mask, 10.0, cross_images, centre)
+    assert not math.isclose(out.item(), l1.item(), rel_tol=1e-4), "max had no effect"
+
+
+def test_max_weights_are_one_hot_at_the_best_patch():
+    _, _, patches, tokens, mask = make_batch(dtype=torch.float32)
+    grouped, best = sparc_alignment(patches, tokens, mask, weights="max")
+    sims = torch.einsum("bld,bpd->blp", tokens, patches)
+    expected = torch.nn.functional.one_hot(sims.argmax(-1), patches.shape[1]).float() * mask.float().unsqueeze(-1)
+    torch.testing.assert_close(best, expected)
+    torch.testing.assert_close(grouped, torch.gather(patches, 1, sims.argmax(-1, keepdim=True).expand(-1, -1, patches.shape[2]))
+                               * mask.float().unsqueeze(-1))
 
 
 @pytest.mark.parametrize("cross_images, centre", OPTIONS)
@@ -117,6 +143,19 @@ def test_options_under_bf16_autocast_match_fp32(cross_images, centre):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         lb = sparc_fine_grained_loss(pb, tb, mask, 10.0, **kw)
     ref = ref_fine_options(pb.detach().double(), tb.detach().double(), mask, 10.0, cross_images, centre)
+    torch.testing.assert_close(lb.double(), ref, rtol=1e-4, atol=1e-4)
+    lb.backward()
+    assert torch.isfinite(pb.grad.float()).all() and torch.isfinite(tb.grad.float()).all()
+
+
+def test_max_weights_under_bf16_autocast():
+    """What a bf16 model hands the loss: the choice and the loss in fp32, as the fp64 reference on the same values."""
+    _, _, patches, tokens, mask = make_batch(B=4, P=16, L=5, D=32, dtype=torch.float32, seed=5)
+    pb, tb = leaves(patches.bfloat16(), tokens.bfloat16())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lb = sparc_fine_grained_loss(pb, tb, mask, 10.0, cross_images=2, centre_positions=True, weights="max")
+    assert lb.dtype == torch.float32
+    ref = ref_fine_options(pb.detach().double(), tb.detach().double(), mask, 10.0, 2, True, weights="max")
     torch.testing.assert_close(lb.double(), ref, rtol=1e-4, atol=1e-4)
     lb.backward()
     assert torch.isfinite(pb.grad.float()).all() and torch.isfinite(tb.grad.float()).all()
@@ -205,7 +244,8 @@ def test_content_mask_on_a_trained_sentencepiece(tmp_path):
     assert words == ["two", "red", "circles", "blue", "star"]
 
 
-def test_config_keys_reach_the_loss():
+@pytest.mark.parametrize("weights", ["softmax", "max"])
+def test_config_keys_reach_the_loss(weights):
     """stage1_loss passes each fine_* key to sparc_loss; the content mask comes from the batch's token ids."""
     from spark_vlm.data.images import to_pixel_values
     from spark_vlm.models.dual_encoder import SparkConfig, SparkModel
@@ -224,14 +264,14 @@ def test_config_keys_reach_the_loss():
     function_tokens = FunctionTokens(_Pieces(vocab))
     cfg = load_config(Stage1Config, None, ["fine_cross_images=2", "fine_content_tokens_only=true",
                                            "fine_centre_positions=true", "fine_threshold=0.4",
-                                           "fine_weights=softmax"])
+                                           f"fine_weights={weights}"])
     with torch.no_grad():
         got = stage1_loss(cfg, model, batch, function_tokens)
         out = model(to_pixel_values(batch["images"]), ids, ids != 0)
         content = torch.tensor([[0, 1, 1, 0, 0, 0], [1, 1, 1, 0, 0, 1], [0, 1, 0, 1, 1, 0]], dtype=torch.bool)
         want = sparc_loss(out.image_embeds, out.text_embeds, out.patch_embeds, out.token_embeds, out.token_mask,
                           out.logit_scale, fine_mask=content, cross_images=2, centre_positions=True,
-                          threshold=0.4, weights="softmax")
+                          threshold=0.4, weights=weights)
         paper = stage1_loss(load_config(Stage1Config, None, []), model, batch)
     for key in ("loss", "global_loss", "fine_loss"):
         torch.testing.assert_close(got[key], want[key])

@@ -92,7 +92,8 @@ def ref_filip(patches, tokens, mask, scale) -> torch.Tensor:
 def ref_alignment(patches, tokens, mask=None, threshold=None, eps=1e-6, weights="l1"):
     """Eqs. 2-5 per (example, token): min-max over patches, keep >= threshold (default 1/P), L1-normalise,
     grouped = weighted sum of the raw patch embeddings. A flat row gets uniform weights (documented design
-    decision). weights="softmax": exp(s_p) / sum of exp(s_r) over the kept patches r, 0 elsewhere.
+    decision). weights="softmax": exp(s_p) / sum of exp(s_r) over the kept patches r, 0 elsewhere. weights="max":
+    weight 1 on the argmax patch (a constant: no gradient through the choice).
     Returns python nested lists of 1-D tensors: weights[b][l] ([P]) and grouped[b][l] ([D])."""
     B, P, D = patches.shape
     L = tokens.shape[1]
@@ -116,6 +117,9 @@ def ref_alignment(patches, tokens, mask=None, threshold=None, eps=1e-6, weights=
                 sp = sh * keep
                 if weights == "l1":
                     w = sp / sp.sum()
+                elif weights == "max":
+                    w = torch.zeros(P, dtype=patches.dtype)
+                    w[int(s.detach().argmax())] = 1.0
                 else:
                     e = [torch.exp(s[p] - mx) if keep[p] else 0 * s[p] for p in range(P)]
                     w = torch.stack([x / sum(e) for x in e])

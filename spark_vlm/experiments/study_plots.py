@@ -66,7 +66,7 @@ def heatmap_grid(path: Path, runs: dict[str, str]) -> None:
     from ..evaluation.stage1_run import load_stage1_run
     from ..metrics.grounding import named_words
 
-    fig, axes = plt.subplots(len(runs), len(HEATMAP_SCENES), figsize=(2.4 * len(HEATMAP_SCENES), 2.5 * len(runs)),
+    fig, axes = plt.subplots(len(runs), len(HEATMAP_SCENES), figsize=(2.8 * len(HEATMAP_SCENES), 2.7 * len(runs)),
                              squeeze=False)
     for row, (label, run_dir) in enumerate(runs.items()):
         model, tok = load_stage1_run(run_dir)
@@ -79,7 +79,9 @@ def heatmap_grid(path: Path, runs: dict[str, str]) -> None:
                 named_words(pieces, scene["objects"], grid)
             positions = words[0][1] if words else list(range(len(pieces)))
             word = "".join(pieces[p] for p in positions).replace("▁", "").replace("Ġ", "").strip(",.;:")
-            draw_overlay(axes[row, col], scene["image"], maps[positions].mean(0), f"{label}: '{word}'")
+            # the run's label heads its row (first column), so long variant names do not run into each other
+            draw_overlay(axes[row, col], scene["image"], maps[positions].mean(0),
+                         f"{label}\n'{word}'" if col == 0 else f"\n'{word}'")
     fig.suptitle("alignment weights of a shape word (test scenes 0-2; seed 0 of each backbone)", fontsize=9)
     _save(fig, path.parent, path.name)
 

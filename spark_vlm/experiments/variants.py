@@ -11,6 +11,10 @@ VARIANTS = {
     "sparc+centre+sharp": [OPTIONS[0], "fine_threshold=0.5"],  # fewer patches kept (sigma 0.5 instead of 1/P)
     "sparc+softmax": ["fine_weights=softmax"],  # the paper's ablation: softmax of the raw similarities (not L1)
     "sparc+centre+softmax": [OPTIONS[0], "fine_weights=softmax"],
+    # FILIP's per-token selection inside SPARK: each token groups its best patch only, contrasted also with its best
+    # patch in K other images of the batch (the token -> image half of FILIP's late interaction, per token)
+    "sparc+centre+max+cross16": [OPTIONS[0], "fine_weights=max", "fine_cross_images=16"],
+    "sparc+centre+max+cross16+content": [OPTIONS[0], "fine_weights=max", "fine_cross_images=16", OPTIONS[2]],
     "sparc+cross4": [OPTIONS[1]],
     "sparc+content": [OPTIONS[2]],
     "sparc+all": OPTIONS,

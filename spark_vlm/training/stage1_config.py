@@ -76,7 +76,7 @@ class Stage1Config:
     fine_content_tokens_only: bool = False  # no function words or punctuation in the fine loss (data/content_tokens.py)
     fine_centre_positions: bool = False  # subtract each patch position's batch mean before the alignment
     fine_threshold: float | None = None  # sparsity threshold sigma on min-max similarities; null = 1/P (the paper)
-    fine_weights: Literal["l1", "softmax"] = "l1"  # Eq. 5: L1 (the paper) or softmax over the kept patches (ablation)
+    fine_weights: Literal["l1", "softmax", "max"] = "l1"  # Eq. 5: L1 (the paper), softmax (ablation), best patch only
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
