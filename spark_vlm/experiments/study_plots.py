@@ -43,7 +43,7 @@ def _bars(ax, stage1: dict, key: str, control: str | None, title: str) -> None:
         ax.axhline(np.mean([r[control] for runs in stage1.values() for r in runs]), color="grey", linestyle=":",
                    label=control.replace(".", " "))
         ax.legend(fontsize=7)
-    ax.set_xticks(range(len(names)), names, rotation=25, fontsize=7)
+    ax.set_xticks(range(len(names)), names, rotation=35, ha="right", rotation_mode="anchor", fontsize=7)
     ax.set(ylabel="%", title=title)
 
 
@@ -102,7 +102,7 @@ def write_plots(cfg: StudyConfig, results: dict, out: Path) -> list[str]:
 
     stage1 = results["stage1"]
     if stage1:
-        fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+        fig, axes = plt.subplots(1, 3, figsize=(13, 5))
         for ax, (key, control, title) in zip(axes, [("model.mass_in_mask", "uniform.mass_in_mask", "mass-in-mask"),
                                                     ("probes", "probes.blank_image", "probes"),
                                                     ("mIoU.paper", None, "mIoU (paper protocol)")]):
