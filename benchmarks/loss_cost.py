@@ -3,7 +3,8 @@
     python benchmarks/loss_cost.py                                  # tiny model, batch 32..512
     python benchmarks/loss_cost.py --preset small --batch-sizes 32 64 128 --out benchmarks/results/small.json
     python benchmarks/loss_cost.py --batch-sizes 32 --losses clip sparc sparc+centre sparc+cross4 sparc+content
-    python benchmarks/loss_cost.py --batch-sizes 64 --losses clip filip sparc sparc+centre+max+cross16+content
+    python benchmarks/loss_cost.py --batch-sizes 64 256 --losses clip sparc sparc+centre+max+cross16+content \
+        --out benchmarks/results/loss_cost_max_variant.json
 
 Each (loss, batch size) runs in a fresh subprocess so that its peak memory is its own: on CUDA the
 allocator's max_memory_allocated, on CPU the process's peak RSS during the timed steps minus its RSS before

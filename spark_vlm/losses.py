@@ -187,7 +187,7 @@ def sparc_alignment(
         if weights == "l1":
             a = s_tilde / s_tilde.sum(dim=-1, keepdim=True)
         elif weights == "max":
-            best = (s_hat >= 1.0).to(s.dtype).detach()  # the max patch has s_hat exactly 1 (x / x), flat rows all 1
+            best = (s_hat >= 1.0).to(s.dtype)  # the max patch has s_hat exactly 1 (x / x), flat rows all 1
             a = best / best.sum(dim=-1, keepdim=True)
         else:
             a = s.masked_fill(s_hat < sigma, torch.finfo(s.dtype).min).softmax(dim=-1)

@@ -122,11 +122,11 @@ def test_max_weights_match_the_reference_value_and_grads(cross_images, centre):
 def test_max_weights_are_one_hot_at_the_best_patch():
     _, _, patches, tokens, mask = make_batch(dtype=torch.float32)
     grouped, best = sparc_alignment(patches, tokens, mask, weights="max")
-    sims = torch.einsum("bld,bpd->blp", tokens, patches)
-    expected = torch.nn.functional.one_hot(sims.argmax(-1), patches.shape[1]).float() * mask.float().unsqueeze(-1)
-    torch.testing.assert_close(best, expected)
-    torch.testing.assert_close(grouped, torch.gather(patches, 1, sims.argmax(-1, keepdim=True).expand(-1, -1, patches.shape[2]))
-                               * mask.float().unsqueeze(-1))
+    argmax = torch.einsum("bld,bpd->blp", tokens, patches).argmax(-1)  # [B, L]
+    real = mask.float().unsqueeze(-1)
+    torch.testing.assert_close(best, torch.nn.functional.one_hot(argmax, patches.shape[1]).float() * real)
+    chosen = torch.gather(patches, 1, argmax.unsqueeze(-1).expand(-1, -1, patches.shape[2]))  # [B, L, D]
+    torch.testing.assert_close(grouped, chosen * real)
 
 
 @pytest.mark.parametrize("cross_images, centre", OPTIONS)
