@@ -5,6 +5,8 @@
     python benchmarks/loss_cost.py --batch-sizes 32 --losses clip sparc sparc+centre sparc+cross4 sparc+content
     python benchmarks/loss_cost.py --batch-sizes 64 256 --losses clip sparc sparc+centre+max+cross16+content \
         --out benchmarks/results/loss_cost_max_variant.json
+    python benchmarks/loss_cost.py --batch-sizes 64 --losses clip sparc sparc+shapeneg \
+        sparc+centre+max+cross16+content+shapeneg --out benchmarks/results/loss_cost_shapeneg.json
 
 Each (loss, batch size) runs in a fresh subprocess so that its peak memory is its own: on CUDA the
 allocator's max_memory_allocated, on CPU the process's peak RSS during the timed steps minus its RSS before
@@ -32,6 +34,11 @@ SPARC_VARIANTS = {"sparc+centre": {"centre_positions": True}, "sparc+cross4": {"
                   "sparc+content": {"content_only": True},
                   "sparc+centre+max+cross16+content": {"centre_positions": True, "weights": "max", "cross_images": 16,
                                                        "content_only": True}}
+# hard_negatives=shape_swap: one negative caption per image through the text tower too (two thirds of the scenes'
+# captions name a shape and get one), as extra columns of the global loss.
+SPARC_VARIANTS["sparc+shapeneg"] = {"negatives": True}
+SPARC_VARIANTS["sparc+centre+max+cross16+content+shapeneg"] = {
+    **SPARC_VARIANTS["sparc+centre+max+cross16+content"], "negatives": True}
 CHOICES = LOSSES + tuple(SPARC_VARIANTS)
 
 
@@ -64,19 +71,30 @@ def one_config(preset: str, loss: str, batch_size: int, steps: int, precision: s
     lengths = torch.randint(c.max_text_len // 3, c.max_text_len + 1, (batch_size,), device=device)
     mask = torch.arange(c.max_text_len, device=device)[None] < lengths[:, None]
 
+    options = dict(SPARC_VARIANTS.get(loss, {}))
+    negatives = options.pop("negatives", False)
+    neg_ids = torch.randint(1, 1000, ids.shape, device=device)
+    has_negative = torch.arange(batch_size, device=device) % 3 != 0
+
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            out = model(px, ids, mask)
+            if negatives:  # as training/stage1.py: the negatives ride in the same forward as extra text rows
+                out = model(px, torch.cat([ids, neg_ids]), torch.cat([mask, mask]))
+                extra = {"negative_text_embeds": out.text_embeds[batch_size:], "has_negative": has_negative}
+                out.text_embeds, out.token_embeds = out.text_embeds[:batch_size], out.token_embeds[:batch_size]
+                out.token_mask = out.token_mask[:batch_size]
+            else:
+                out, extra = model(px, ids, mask), {}
             if loss == "clip":
                 value = clip_loss(out.image_embeds, out.text_embeds, out.logit_scale)
             elif loss == "filip":
                 value = filip_loss(out.patch_embeds, out.token_embeds, out.token_mask, out.logit_scale)
             else:
-                options = dict(SPARC_VARIANTS.get(loss, {}))
-                if options.pop("content_only", False):
-                    options["fine_mask"] = out.token_mask & (ids % 3 != 0)
+                fine = {k: v for k, v in options.items() if k != "content_only"}
+                if options.get("content_only"):
+                    fine["fine_mask"] = out.token_mask & (ids % 3 != 0)
                 value = sparc_loss(out.image_embeds, out.text_embeds, out.patch_embeds, out.token_embeds,
-                                   out.token_mask, out.logit_scale, **options)["loss"]
+                                   out.token_mask, out.logit_scale, **fine, **extra)["loss"]
         value.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

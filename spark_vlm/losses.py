@@ -80,13 +80,24 @@ def _local_labels(local_batch: int, device: torch.device) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------- CLIP
-def clip_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale) -> torch.Tensor:
-    """Symmetric InfoNCE on cosine similarity (Eq. 1). Inputs [B, D], un-normalised; returns a scalar."""
+def clip_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale,
+              negative_text_embeds: torch.Tensor | None = None, has_negative: torch.Tensor | None = None
+              ) -> torch.Tensor:
+    """Symmetric InfoNCE on cosine similarity (Eq. 1). Inputs [B, D], un-normalised; returns a scalar.
+
+    Hard negatives (NegCLIP): `negative_text_embeds` [B, D] are extra text columns of the image -> text softmax
+    (every image meets every negative of the batch, as NegCLIP appends them to the text batch); rows whose
+    `has_negative` [B] is False are left out. The text -> image side is unchanged."""
     img = F.normalize(image_embeds.float(), dim=-1)
     txt = F.normalize(text_embeds.float(), dim=-1)
     all_img, all_txt = gather_with_grad(img), gather_with_grad(txt)
     labels = _local_labels(img.shape[0], img.device)
     logits_per_image = logit_scale * img @ all_txt.t()  # [b, N*b]
+    if negative_text_embeds is not None:
+        neg = gather_with_grad(F.normalize(negative_text_embeds.float(), dim=-1))
+        keep = _gather_no_grad(has_negative.to(img.device, torch.uint8)).bool()
+        neg_logits = (logit_scale * img @ neg.t()).masked_fill(~keep, float("-inf"))  # [b, N*b]
+        logits_per_image = torch.cat([logits_per_image, neg_logits], dim=1)
     logits_per_text = logit_scale * txt @ all_img.t()
     return 0.5 * (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels))
 
@@ -284,13 +295,17 @@ def sparc_loss(
     centre_positions: bool = False,
     threshold: float | None = None,
     weights: str = "l1",
+    negative_text_embeds: torch.Tensor | None = None,
+    has_negative: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Eq. 7: lambda_g * L_global + lambda_f * L_fine. Returns the total and both parts (for logging).
+    `negative_text_embeds` / `has_negative`: hard-negative captions of the global loss (clip_loss); the
+    fine-grained loss sees the true captions only.
 
     `fine_mask` [B, L] (default: token_mask) restricts the fine-grained loss to some real tokens, e.g. content
     words only; the text embeddings and the global loss are unaffected. `cross_images`, `centre_positions`,
     `threshold` and `weights` are sparc_fine_grained_loss's options (off / None / "l1" by default: the paper's loss)."""
-    global_loss = clip_loss(image_embeds, text_embeds, logit_scale)
+    global_loss = clip_loss(image_embeds, text_embeds, logit_scale, negative_text_embeds, has_negative)
     fine_loss = sparc_fine_grained_loss(patch_embeds, token_embeds, token_mask if fine_mask is None else fine_mask,
                                         logit_scale, cross_images, centre_positions, threshold, weights)
     return {

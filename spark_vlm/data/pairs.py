@@ -19,7 +19,7 @@ class CaptionedImages(torch.utils.data.Dataset):
     """In-memory image-caption pairs. `images` uint8 [N, H, W, 3]; `captions` N lists of >= 1 strings."""
 
     def __init__(self, images: np.ndarray, captions: list[list[str]], image_ids: list[int],
-                 tokenizer, max_len: int, seed: int = 0):
+                 tokenizer, max_len: int, seed: int = 0, negatives: list[list[str | None]] | None = None):
         if len(images) != len(captions) or len(images) != len(image_ids):
             raise ValueError(f"{len(images)} images but {len(captions)} caption lists / {len(image_ids)} ids")
         self.images = torch.from_numpy(np.ascontiguousarray(images))
@@ -36,6 +36,13 @@ class CaptionedImages(torch.utils.data.Dataset):
         # a mask, stage 2's prompt builder adds `labels`.
         self.text = tokenizer(flat, max_len)
         self.input_ids, self.attention_mask = self.text["input_ids"], self.text["attention_mask"]
+        if negatives is not None:  # one hard-negative caption (or None) per caption: data/hard_negatives.py
+            if [len(n) for n in negatives] != [len(c) for c in captions]:
+                raise ValueError("negatives must hold one entry (a caption or None) per caption")
+            flat_neg = [n for negs in negatives for n in negs]
+            neg = tokenizer([n or "" for n in flat_neg], max_len)
+            self.text["neg_input_ids"], self.text["neg_attention_mask"] = neg["input_ids"], neg["attention_mask"]
+            self.text["has_negative"] = torch.tensor([n is not None for n in flat_neg])
         self.caption_image = np.repeat(np.arange(len(captions)), [len(c) for c in captions])
 
     def __len__(self) -> int:

@@ -19,6 +19,7 @@ import logging
 
 import numpy as np
 
+from .hard_negatives import scene_negatives
 from .images import SkipCounter
 from .pairs import CaptionedImages, StreamingPairs
 from .readers import load_pairs, read_coco_captions, read_imagefolder, read_karpathy
@@ -100,8 +101,10 @@ def tokenizer_corpus(d, train, limit: int = 200_000) -> list[str]:
     return corpus
 
 
-def build_stage1_data(d, accelerator, max_len: int, image_size: int, seed: int):
+def build_stage1_data(d, accelerator, max_len: int, image_size: int, seed: int, hard_negatives: str = "none"):
     """`data` section -> (train dataset, held-out CaptionedImages, tokenizer). Rank 0 fills the caches first.
+    `hard_negatives="shape_swap"` (built-in scenes only) gives every training caption a shape-swapped false
+    caption (data/hard_negatives.py), as `neg_input_ids` / `neg_attention_mask` / `has_negative`.
 
     In-memory kinds give a map-style CaptionedImages; webdataset gives a StreamingPairs that shards itself
     over ranks and workers (so it is not passed through `accelerator.prepare`)."""
@@ -115,6 +118,11 @@ def build_stage1_data(d, accelerator, max_len: int, image_size: int, seed: int):
         train = StreamingPairs(d.train_path, image_size, tokenizer, max_len, accelerator.process_index,
                                accelerator.num_processes, seed, d.strict)
     else:
-        train = CaptionedImages(*train_arrays, tokenizer=tokenizer, max_len=max_len, seed=seed)
+        negatives = None
+        if hard_negatives == "shape_swap":
+            scenes = cached_scenes("train", d.num_train, image_size, d.min_objects, d.max_objects, d.seed, d.cache_dir)
+            negatives = scene_negatives([scenes.meta(i) for i in range(len(scenes))],
+                                        scenes.config.relation_margin * image_size, seed)
+        train = CaptionedImages(*train_arrays, tokenizer=tokenizer, max_len=max_len, seed=seed, negatives=negatives)
     val = CaptionedImages(*val_arrays, tokenizer=tokenizer, max_len=max_len, seed=seed)
     return train, val, tokenizer

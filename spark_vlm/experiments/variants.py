@@ -15,6 +15,10 @@ VARIANTS = {
     # patch in K other images of the batch (the token -> image half of FILIP's late interaction, per token)
     "sparc+centre+max+cross16": [OPTIONS[0], "fine_weights=max", "fine_cross_images=16"],
     "sparc+centre+max+cross16+content": [OPTIONS[0], "fine_weights=max", "fine_cross_images=16", OPTIONS[2]],
+    # the same + NegCLIP-style shape-swapped captions as extra negatives of the global loss (data/hard_negatives.py)
+    "sparc+centre+max+cross16+content+shapeneg": [OPTIONS[0], "fine_weights=max", "fine_cross_images=16", OPTIONS[2],
+                                                  "hard_negatives=shape_swap"],
+    "sparc+shapeneg": ["hard_negatives=shape_swap"],
     "sparc+cross4": [OPTIONS[1]],
     "sparc+content": [OPTIONS[2]],
     "sparc+all": OPTIONS,

@@ -11,6 +11,7 @@ stage 1 (data, model, loss, evaluation, FLOPs, export); `run.train` does the res
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -33,9 +34,19 @@ def stage1_loss(cfg: Stage1Config, model, batch: dict, function_tokens: Function
     device = next(model.parameters()).device
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}  # no-op for prepared loaders
     px = to_pixel_values(batch["images"])
-    out = model(px, batch["input_ids"], batch["attention_mask"])
+    negatives = {}
+    if cfg.hard_negatives != "none":
+        # The negative captions ride in the same forward as extra text rows (one call through the wrapped model).
+        b = batch["input_ids"].shape[0]
+        out = model(px, torch.cat([batch["input_ids"], batch["neg_input_ids"]]),
+                    torch.cat([batch["attention_mask"], batch["neg_attention_mask"]]))
+        negatives = {"negative_text_embeds": out.text_embeds[b:], "has_negative": batch["has_negative"]}
+        out = replace(out, text_embeds=out.text_embeds[:b], token_embeds=out.token_embeds[:b],
+                      token_mask=out.token_mask[:b])
+    else:
+        out = model(px, batch["input_ids"], batch["attention_mask"])
     if cfg.loss == "clip":
-        return {"loss": clip_loss(out.image_embeds, out.text_embeds, out.logit_scale)}
+        return {"loss": clip_loss(out.image_embeds, out.text_embeds, out.logit_scale, **negatives)}
     if cfg.loss == "filip":
         return {"loss": filip_loss(out.patch_embeds, out.token_embeds, out.token_mask, out.logit_scale)}
     fine_mask = None
@@ -45,7 +56,7 @@ def stage1_loss(cfg: Stage1Config, model, batch: dict, function_tokens: Function
                       out.logit_scale, lambda_global=cfg.lambda_global, lambda_fine=cfg.lambda_fine,
                       fine_mask=fine_mask, cross_images=cfg.fine_cross_images,
                       centre_positions=cfg.fine_centre_positions, threshold=cfg.fine_threshold,
-                      weights=cfg.fine_weights)
+                      weights=cfg.fine_weights, **negatives)
 
 
 def flops_per_sample(model: SparkModel) -> float:
@@ -74,7 +85,7 @@ def build_stage1(cfg: Stage1Config, accelerator) -> Stage:
     """Data, model and hooks of stage 1 for the shared run (`run.train`)."""
     arch = cfg.model.spark_config()
     train_data, val_data, tokenizer = build_stage1_data(cfg.data, accelerator, arch.max_text_len, arch.image_size,
-                                                        cfg.train.seed)
+                                                        cfg.train.seed, cfg.hard_negatives)
     truth = held_out_truth(cfg.data, arch.image_size)  # the scenes' ground truth, parsed once for every eval
     model = SparkModel(cfg.model.spark_config(vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_id))
     n_params = sum(p.numel() for p in model.parameters())

@@ -77,6 +77,9 @@ class Stage1Config:
     fine_centre_positions: bool = False  # subtract each patch position's batch mean before the alignment
     fine_threshold: float | None = None  # sparsity threshold sigma on min-max similarities; null = 1/P (the paper)
     fine_weights: Literal["l1", "softmax", "max"] = "l1"  # Eq. 5: L1 (the paper), softmax (ablation), best patch only
+    # NegCLIP-style hard negatives for the global loss (data/hard_negatives.py; built-in scenes only): "shape_swap"
+    # gives each caption a false twin with one shape word swapped, so the images must be told apart by shape.
+    hard_negatives: Literal["none", "shape_swap"] = "none"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -93,6 +96,10 @@ class Stage1Config:
               f"must be in [0, train.batch_size={self.train.batch_size}), got {self.fine_cross_images}")
         check(self.fine_threshold is None or 0 <= self.fine_threshold < 1, "fine_threshold",
               f"must be in [0, 1) or null (1/P), got {self.fine_threshold}")
+        check(self.hard_negatives == "none" or self.data.kind == "scenes", "hard_negatives",
+              f"shape_swap needs the built-in scenes' ground truth; data.kind={self.data.kind}")
+        check(self.hard_negatives == "none" or self.loss != "filip", "hard_negatives",
+              "is an option of the global loss (clip, sparc); loss=filip has none")
         fine_options = (self.fine_cross_images or self.fine_content_tokens_only or self.fine_centre_positions
                         or self.fine_threshold is not None or self.fine_weights != "l1")
         check(self.loss == "sparc" or not fine_options, "loss",
