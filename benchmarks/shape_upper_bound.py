@@ -28,7 +28,8 @@ from spark_vlm.data.images import to_pixel_values
 from spark_vlm.data.scene_vocab import SHAPES
 from spark_vlm.data.scenes import cached_scenes
 from spark_vlm.evaluation.data import builtin_scenes, scene_images
-from spark_vlm.evaluation.shape_probe import probe_scores
+from spark_vlm.evaluation.shape_probe import patch_features, probe_scores
+from spark_vlm.evaluation.stage1_run import device
 from spark_vlm.models import SparkModel
 
 
@@ -93,14 +94,12 @@ def main(argv=None) -> dict:
             present[i, SHAPES.index(o["shape"])] = 1
     start = time.time()
     losses = train_supervised(model, images, present, args.steps, args.batch_size, args.lr, args.seed)
-    model.eval()
+    model.eval().to(device())  # patch_features puts the pixels on the evaluation device
     train, test = (builtin_scenes("train", args.probe_train, config.image_size),
                    builtin_scenes("test", args.probe_test, config.image_size))
 
-    @torch.no_grad()
     def features(sc):
-        im = torch.from_numpy(scene_images(sc, config.image_size))
-        return torch.cat([model.image_features(to_pixel_values(im[i:i + 250])) for i in range(0, len(im), 250)]).numpy()
+        return patch_features(model, scene_images(sc, config.image_size), batch_size=250)
 
     result = {"architecture": args.architecture, "stem": args.stem, "steps": args.steps,
               "batch_size": args.batch_size, "train_seconds": round(time.time() - start, 1), "losses_every_50": losses,

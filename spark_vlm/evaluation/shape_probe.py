@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..data.scene_vocab import COLORS, SHAPES
+from ..metrics.grounding import patch_coverage
 from .data import builtin_scenes, scene_images
 from .report import Report
 from .stage1_run import iter_pixel_batches, load_stage1_run
@@ -56,8 +57,7 @@ def object_rows(features: np.ndarray, scenes: list[dict], patch: int):
     colours = list(COLORS)
     for f, scene in zip(features, scenes):
         for o in scene["objects"]:
-            s = o["mask"].shape[0]
-            cover = o["mask"].reshape(s // patch, patch, s // patch, patch).mean((1, 3)).reshape(-1)
+            cover = patch_coverage(o["mask"], o["mask"].shape[0] // patch)
             keep = cover >= 0.5 if (cover >= 0.5).any() else cover >= cover.max()
             obj_x.append(f[keep].mean(0))
             shape_y.append(SHAPES.index(o["shape"]))
@@ -84,7 +84,8 @@ def probe_scores(train_features, train_scenes, test_features, test_scenes, patch
             "image_shape_presence": float(np.mean(presence)), "objects": int(len(te[1]))}
 
 
-def _patch_features(model, images: np.ndarray, batch_size: int) -> np.ndarray:
+def patch_features(model, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """f_v(x) of uint8 images [N, S, S, 3] as float32 [N, P, C] (CPU)."""
     out = []
     with torch.no_grad():
         for _, px in iter_pixel_batches(images, batch_size, "patch features"):
@@ -109,8 +110,8 @@ def shape_probe_report(checkpoint, num_train: int = 3000, num_test: int = 500, b
     train_images, test_images = scene_images(train, size), scene_images(test, size)
     torch.manual_seed(0)
     random_init = type(model)(model.config).eval().to(next(model.parameters()).device)
-    extractors = {"model": lambda im: _patch_features(model, im, batch_size),
-                  "random_init": lambda im: _patch_features(random_init, im, batch_size),
+    extractors = {"model": lambda im: patch_features(model, im, batch_size),
+                  "random_init": lambda im: patch_features(random_init, im, batch_size),
                   "raw_pixels": lambda im: raw_patches(im, patch)}
     result = {"checkpoint": str(checkpoint), "features": "f_v(x) patch features (what stage 2 reads)",
               "data": f"built-in scenes: probes trained on {len(train)} train scenes, scored on {len(test)} test "
