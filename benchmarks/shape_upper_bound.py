@@ -9,9 +9,9 @@ budget or the architecture is the bottleneck, not the contrastive objective.
     python benchmarks/shape_upper_bound.py --architecture runs/stage1 --stem patch --out shape_bound_patch.json
     python benchmarks/shape_upper_bound.py --architecture runs/stage1 --stem conv --out shape_bound_conv.json
 
-`--stem conv` replaces the ViT's 8x8 patchify by a convolutional stem (3x3 stride-2 convolutions with batch norm
-and ReLU, then a 1x1 convolution to the width: "Early convolutions help transformers see better", Xiao et al.
-2021), same token grid; it exists only in this script (not a model option).
+`--stem conv` builds the tower with `vision_stem=conv` (the model option: 3x3 stride-2 convolutions with group norm
+and ReLU, then a 1x1 convolution to the width, in place of the 8x8 patchify; "Early convolutions help transformers
+see better", Xiao et al. 2021), same token grid; `--stem patch` with the patchify stem, whatever the run used.
 """
 from __future__ import annotations
 
@@ -31,16 +31,6 @@ from spark_vlm.evaluation.data import builtin_scenes, scene_images
 from spark_vlm.evaluation.shape_probe import patch_features, probe_scores
 from spark_vlm.evaluation.stage1_run import device
 from spark_vlm.models import SparkModel
-
-
-def conv_stem(width: int, patch_size: int) -> nn.Module:
-    """log2(patch_size) 3x3 stride-2 convolutions (24, 48, 96, ... channels), then a 1x1 to `width`."""
-    layers, channels = [], 3
-    for i in range(int(math.log2(patch_size))):
-        out = 24 * 2 ** i
-        layers += [nn.Conv2d(channels, out, 3, 2, 1), nn.BatchNorm2d(out), nn.ReLU()]
-        channels = out
-    return nn.Sequential(*layers, nn.Conv2d(channels, width, 1))
 
 
 def train_supervised(model: SparkModel, images: torch.Tensor, present: torch.Tensor, steps: int, batch_size: int,
@@ -83,9 +73,8 @@ def main(argv=None) -> dict:
 
     torch.manual_seed(args.seed)
     config = SparkModel.from_pretrained(args.architecture).config
+    config.vision_stem = args.stem
     model = SparkModel(config)
-    if args.stem == "conv":
-        model.vision_model.patch_embed = conv_stem(config.vision_width, config.patch_size)
     scenes = cached_scenes("train", args.num_train, config.image_size)
     images = torch.from_numpy(np.array(scenes.arrays()[0]))
     present = torch.zeros(len(scenes), len(SHAPES))

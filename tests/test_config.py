@@ -44,12 +44,15 @@ def test_overrides_apply_with_types():
     (["train=3"], "train: is a section, not a value"),
     (["train.peak_tflops=fast"], "train.peak_tflops: expected a number or null"),
     (["model.mlp_ratio=0"], "model.mlp_ratio: must be > 0"),
+    (["model.vision_stem=round"], "model.vision_stem: must be one of 'patch' | 'conv'"),
+    (["model.vision_stem=conv", "model.image_size=66", "model.patch_size=6"],
+     "model.vision_stem: conv needs patch_size to be a power of 2, got 6"),
     (["optim.lr=inf"], "optim.lr: must be a finite number, got inf"),
     (["lambda_fine=nan"], "lambda_fine: must be a finite number"),
     (["optim.betas=[0.9, .inf]"], "optim.betas: must be a finite number"),
     (["train.seed=99999999999"], "train.seed: must be < 2**32"),
     (["train.max_nonfinite_skips=0"], "train.max_nonfinite_skips: must be > 0"),
-    (["fine_cross_images=-1"], "fine_cross_images: must be in [0, train.batch_size=128), got -1"),
+    (["fine_cross_images=-1"], "fine_cross_images: must be in [0, train.batch_size=64), got -1"),
     (["fine_cross_images=4", "train.batch_size=4"], "fine_cross_images: must be in [0, train.batch_size=4)"),
     (["fine_content_tokens_only=sometimes"], "fine_content_tokens_only: expected true/false"),
     (["loss=clip", "fine_centre_positions=true"], "loss: the fine_* options change SPARK's fine-grained loss"),
@@ -146,7 +149,7 @@ def test_overriding_one_key_keeps_the_stage_defaults_of_its_section():
     default = Stage2Config()
     cfg = load_config(Stage2Config, None, ["train.output_dir=elsewhere", "optim.lr=5e-4"])
     assert cfg.train.output_dir == "elsewhere"
-    assert cfg.train.max_steps == default.train.max_steps == 1000  # not the generic TrainConfig's 1200
+    assert cfg.train.max_steps == default.train.max_steps == 1000  # not the generic TrainConfig's (stage 1's) 400
     assert cfg.train.batch_size == default.train.batch_size == 32
     assert cfg.optim.warmup_steps == default.optim.warmup_steps == 50
     assert cfg.optim.lr == pytest.approx(5e-4)

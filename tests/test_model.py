@@ -110,9 +110,75 @@ def test_bf16_autocast_forward_is_close(model):
     assert torch.nn.functional.cosine_similarity(ref, low.float()).min() > 0.99
 
 
+def test_conv_stem_keeps_the_token_grid_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    model = SparkModel(SparkConfig(**TINY, vision_stem="conv")).eval()
+    strided = [m for m in model.vision_model.patch_embed if isinstance(m, torch.nn.Conv2d) and m.stride == (2, 2)]
+    assert len(strided) == 3  # log2(patch_size=8) stride-2 convolutions
+    px, ids, mask = batch()
+    assert model(px, ids, mask).patch_embeds.shape == (3, 16, 16)  # the patchify stem's (32/8)^2 grid
+    model.save_pretrained(tmp_path)
+    loaded = SparkModel.from_pretrained(tmp_path).eval()
+    assert loaded.config.vision_stem == "conv"
+    with torch.no_grad():
+        assert torch.equal(loaded.image_features(px), model.image_features(px))
+    # A checkpoint saved before the option existed (no vision_stem in config.json) is a patchify model.
+    assert SparkConfig(**TINY).vision_stem == "patch"
+    assert isinstance(SparkModel(SparkConfig(**TINY)).vision_model.patch_embed, torch.nn.Conv2d)
+
+
+def test_conv_stem_matches_a_per_image_reference_and_ignores_the_batch():
+    """The stem against hand-written convolutions + group norm, one image at a time: an image's features depend
+    neither on the other images of its batch nor on train/eval mode (no running statistics)."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = SparkModel(SparkConfig(**TINY, vision_stem="conv"))
+    for p in model.parameters():  # non-trivial affine norms and biases
+        torch.nn.init.normal_(p, std=0.3)
+    stem = model.vision_model.patch_embed
+    px = batch()[0]
+
+    def reference(image):
+        x = image[None].double()
+        for conv, norm in zip(stem[0::3], stem[1::3]):
+            x = F.conv2d(x, conv.weight.double(), conv.bias.double(), stride=2, padding=1)
+            groups = x.view(8, -1)  # 8 groups of channels x pixels
+            groups = (groups - groups.mean(1, keepdim=True)) / (groups.var(1, unbiased=False, keepdim=True)
+                                                                 + 1e-5).sqrt()
+            x = (groups.view_as(x) * norm.weight.double()[:, None, None] + norm.bias.double()[:, None, None]).relu()
+        return F.conv2d(x, stem[-1].weight.double(), stem[-1].bias.double())[0]
+
+    with torch.no_grad():
+        together = stem(px)
+        model.eval()
+        for i in range(len(px)):
+            torch.testing.assert_close(together[i].double(), reference(px[i]), rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(stem(px[i:i + 1])[0], together[i], rtol=1e-5, atol=1e-6)  # alone, eval mode
+
+
 def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match="not divisible"):
         SparkModel(SparkConfig(**{**TINY, "patch_size": 7}))
+    with pytest.raises(ValueError, match="power of 2"):
+        SparkModel(SparkConfig(**{**TINY, "image_size": 36, "patch_size": 6, "vision_stem": "conv"}))
+    with pytest.raises(ValueError, match="unknown vision stem"):
+        SparkModel(SparkConfig(**TINY, vision_stem="round"))
     m = SparkModel(SparkConfig(**TINY))
     with pytest.raises(ValueError, match="exceeds max_text_len"):
         m.encode_text(torch.ones(1, 13, dtype=torch.long))
+
+
+@pytest.mark.parametrize("stem", ["patch", "conv"])
+def test_stem_flops_match_torchs_flop_counter(stem):
+    """The MFU numerator's stem term against torch's FlopCounterMode on a real forward + backward: convolutions are
+    counted at their own resolutions, not once per patch token (the conv stem's first layer runs at 16x16 here)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from spark_vlm.training.stage1 import stem_train_flops
+
+    model = SparkModel(SparkConfig(**TINY, vision_stem=stem))
+    px = torch.randn(2, 3, 32, 32, requires_grad=True)  # the 6x rule: input gradients at every layer too
+    with FlopCounterMode(display=False) as counter:
+        model.vision_model.patch_embed(px).sum().backward()
+    assert stem_train_flops(model) == pytest.approx(counter.get_total_flops() / 2, rel=0.01)

@@ -76,6 +76,39 @@ def test_raw_patches_are_row_major_like_the_vit():
 
 
 @pytest.mark.slow  # builds a tiny checkpoint and runs the CLI
+def test_shape_swap_accuracy_pairs_each_caption_with_its_own_image(monkeypatch):
+    """An encoder whose image embedding is the sum of its scene's caption vectors prefers every true caption to its
+    shape-swapped twin (100%); a blind one scores the same with the scene as with the grey image."""
+    import torch
+
+    from spark_vlm.evaluation import shape_probe
+    from spark_vlm.evaluation.data import builtin_scenes, scene_images
+
+    scenes = builtin_scenes("test", 20, 64)
+    images = scene_images(scenes, 64)
+    vectors = {}
+
+    def text_vector(text):  # a fixed random unit vector per distinct text
+        if text not in vectors:
+            vectors[text] = torch.nn.functional.normalize(torch.randn(256, generator=torch.Generator().manual_seed(
+                len(vectors))), dim=0)
+        return vectors[text]
+
+    index = {im.tobytes(): i for i, im in enumerate(images)}
+
+    def seeing(model, ims, batch_size):
+        return torch.stack([sum(text_vector(c) for c in scenes[index[im.tobytes()]]["captions"])
+                            if im.tobytes() in index else torch.ones(256) for im in ims])
+
+    monkeypatch.setattr(shape_probe, "text_embeddings", lambda m, t, texts: torch.stack([text_vector(x) for x in texts]))
+    monkeypatch.setattr(shape_probe, "image_embeddings", seeing)
+    sees = shape_probe.shape_swap_accuracy(None, None, scenes, images, 8)
+    assert sees["scene"] == 100.0 and sees["pairs"] > 20 and sees["blank_image"] < 90
+    monkeypatch.setattr(shape_probe, "image_embeddings", lambda m, ims, b: torch.ones(len(ims), 256))
+    blind = shape_probe.shape_swap_accuracy(None, None, scenes, images, 8)
+    assert blind["scene"] == blind["blank_image"] and blind["pairs"] == sees["pairs"]
+
+
 def test_cli_reports_model_beside_its_controls(tmp_path):
     from test_eval_cli import cli, tiny_stage1_run
 
@@ -89,6 +122,9 @@ def test_cli_reports_model_beside_its_controls(tmp_path):
     for name in ("model", "random_init", "raw_pixels"):
         assert 0 <= result[name]["object_shape"] <= 100 and result[name]["objects"] > 20
     assert result["raw_pixels"]["object_colour"] > 60  # colour is in the pixels: the probe can read it
+    for name in ("model", "random_init", "model_blank_image"):
+        assert 0 <= result[name]["caption_vs_shape_swap"] <= 100
+    assert result["shape_swap_pairs"] > 0 and "caption_vs_shape_swap" in out.with_suffix(".md").read_text()
     with pytest.raises(SystemExit) as exit_info:
         probe.main(["--checkpoint", str(tmp_path), "--out", str(tmp_path / "x.json")])
     assert exit_info.value.code == 2
@@ -99,16 +135,12 @@ def test_cli_reports_model_beside_its_controls(tmp_path):
 def test_supervised_upper_bound_script_trains_and_probes(tmp_path, stem):
     import importlib.util
 
-    import torch
-
     from test_eval_cli import tiny_stage1_run
 
     spec = importlib.util.spec_from_file_location("shape_upper_bound", REPO / "benchmarks" / "shape_upper_bound.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     run = tiny_stage1_run(tmp_path)
-    stem_module = script.conv_stem(16, 8)
-    assert stem_module(torch.zeros(2, 3, 32, 32)).shape == (2, 16, 4, 4)  # the patchify's token grid
     result = script.main(["--architecture", str(run), "--stem", stem, "--steps", "3", "--batch-size", "4",
                           "--num-train", "16", "--probe-train", "60", "--probe-test", "20",
                           "--out", str(tmp_path / "bound.json")])

@@ -12,17 +12,24 @@ image: the mean patch feature -> "is a <shape> present?", one balanced binary pr
 Each probe is multinomial logistic regression (L-BFGS, L2 penalty, standardised features), trained on the train
 split's scenes and scored on the test split's. Controls: raw 8x8-pixel patches (no encoder) and a random-init
 encoder of the same architecture (what the architecture gives without training).
+
+Beside the probes, a global read-out: does the image embedding prefer a true caption to its shape-swapped twin
+(`data/hard_negatives.py`: one shape word swapped, checked false of the scene)? Chance 50; a mid-grey image in
+place of the scene is the text-only control. High swap accuracy with chance-level shape probes means the swaps
+are won by image-level cues (how much of a colour the scene holds), not by seeing the objects' shapes.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from ..data.hard_negatives import scene_negatives
 from ..data.scene_vocab import COLORS, SHAPES
+from ..data.scenes import SceneConfig
 from ..metrics.grounding import patch_coverage
 from .data import builtin_scenes, scene_images
 from .report import Report
-from .stage1_run import iter_pixel_batches, load_stage1_run
+from .stage1_run import image_embeddings, iter_pixel_batches, load_stage1_run, text_embeddings
 
 
 def fit_linear_probe(x: np.ndarray, y: np.ndarray, classes: int, balanced: bool = False, l2: float = 1e-3):
@@ -101,10 +108,29 @@ def raw_patches(images: np.ndarray, patch: int) -> np.ndarray:
     return x.reshape(n, g * g, -1).astype(np.float32) / 255.0
 
 
+def shape_swap_accuracy(model, tokenizer, scenes: list[dict], images: np.ndarray, batch_size: int) -> dict:
+    """% of (true caption, shape-swapped twin) pairs whose true caption is closer to the image's global embedding
+    (a tie is wrong), with the scene and with a mid-grey image; over every test caption that has a twin."""
+    margin = SceneConfig().relation_margin * images.shape[1]
+    negatives = scene_negatives(scenes, margin, seed=0)
+    pairs = [(i, c, n) for i, (s, ns) in enumerate(zip(scenes, negatives)) for c, n in zip(s["captions"], ns) if n]
+    if not pairs:
+        raise ValueError("no caption of the test scenes has a shape-swapped twin")
+    true = text_embeddings(model, tokenizer, [c for _, c, _ in pairs])
+    swapped = text_embeddings(model, tokenizer, [n for _, _, n in pairs])
+    scene = image_embeddings(model, images, batch_size)[torch.tensor([i for i, _, _ in pairs])]
+    grey = image_embeddings(model, np.full_like(images[:1], 128), 1)
+
+    def accuracy(img: torch.Tensor) -> float:
+        return 100.0 * float(((img * true).sum(-1) > (img * swapped).sum(-1)).float().mean())
+
+    return {"scene": accuracy(scene), "blank_image": accuracy(grey), "pairs": len(pairs)}
+
+
 def shape_probe_report(checkpoint, num_train: int = 3000, num_test: int = 500, batch_size: int = 128) -> Report:
     if num_train < 50 or num_test < 10:
         raise ValueError(f"need at least 50 train and 10 test scenes, got {num_train} and {num_test}")
-    model, _ = load_stage1_run(checkpoint)
+    model, tokenizer = load_stage1_run(checkpoint)
     size, patch = model.config.image_size, model.config.patch_size
     train, test = builtin_scenes("train", num_train, size), builtin_scenes("test", num_test, size)
     train_images, test_images = scene_images(train, size), scene_images(test, size)
@@ -119,9 +145,15 @@ def shape_probe_report(checkpoint, num_train: int = 3000, num_test: int = 500, b
                                            "image_shape_presence": 50.0}}
     for name, extract in extractors.items():
         result[name] = probe_scores(extract(train_images), train, extract(test_images), test, patch)
-    rows = [{"features": name, **{k: result[name][k] for k in ("object_shape", "object_colour",
-                                                               "image_shape_presence")}}
-            for name in ("model", "random_init", "raw_pixels")]
-    rows.append({"features": "chance", **result["chance"]})
+    result["chance"]["caption_vs_shape_swap"] = 50.0
+    swaps = {"model": shape_swap_accuracy(model, tokenizer, test, test_images, batch_size),
+             "random_init": shape_swap_accuracy(random_init, tokenizer, test, test_images, batch_size)}
+    for name, swap in swaps.items():
+        result[name]["caption_vs_shape_swap"] = swap["scene"]
+    result["model_blank_image"] = {"caption_vs_shape_swap": swaps["model"]["blank_image"]}
+    result["shape_swap_pairs"] = swaps["model"]["pairs"]
+    columns = ("object_shape", "object_colour", "image_shape_presence", "caption_vs_shape_swap")
+    rows = [{"features": name, **{k: result[name].get(k, "") for k in columns}}
+            for name in ("model", "model_blank_image", "random_init", "raw_pixels", "chance")]
     return Report("Shape probe: can a linear read-out name an object's shape from the frozen patch features? (%)",
                   result, rows)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -54,6 +55,7 @@ class SparkConfig(PretrainedConfig):
         max_logit_scale: float = 100.0,
         initializer_range: float = 0.02,
         pad_token_id: int = 0,
+        vision_stem: Literal["patch", "conv"] = "patch",
         **kwargs,
     ):
         self.image_size = image_size
@@ -71,6 +73,7 @@ class SparkConfig(PretrainedConfig):
         self.init_logit_scale = init_logit_scale
         self.max_logit_scale = max_logit_scale
         self.initializer_range = initializer_range
+        self.vision_stem = vision_stem  # "patch": the ViT's patchify; "conv": early convolutions (encoders.conv_stem)
         super().__init__(pad_token_id=pad_token_id, **kwargs)
 
     @classmethod
@@ -105,7 +108,7 @@ class SparkModel(PreTrainedModel):
         super().__init__(config)
         c = config
         self.vision_model = VisionTransformer(c.image_size, c.patch_size, c.vision_width, c.vision_layers,
-                                              c.vision_heads, c.mlp_ratio)
+                                              c.vision_heads, c.mlp_ratio, c.vision_stem)
         self.text_model = TextTransformer(c.vocab_size, c.max_text_len, c.text_width, c.text_layers,
                                           c.text_heads, c.mlp_ratio)
         # h_v: one non-linear layer used only on the global image path (and for segmentation).
@@ -124,7 +127,7 @@ class SparkModel(PreTrainedModel):
                 hf_init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             hf_init.normal_(module.weight, mean=0.0, std=std)
-        elif isinstance(module, nn.LayerNorm):
+        elif isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
             hf_init.ones_(module.weight)
             hf_init.zeros_(module.bias)
         elif isinstance(module, (VisionTransformer, TextTransformer)):

@@ -4,6 +4,8 @@ explicitly as arguments, never stored on the layers.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -44,15 +46,39 @@ class Block(GradientCheckpointingLayer):
         return x + self.mlp(self.ln_2(x))
 
 
-class VisionTransformer(nn.Module):
-    """ViT f_v: image [B, 3, H, W] -> patch features [B, P, width]. No CLS token (SPARC pools by mean)."""
+def conv_stem(patch_size: int, width: int) -> nn.Sequential:
+    """Early convolutions in place of the patchify stem ("Early convolutions help transformers see better", Xiao
+    et al. 2021): log2(patch_size) 3x3 stride-2 convolutions (24, 48, 96, ... channels), each with GroupNorm and
+    ReLU, then a 1x1 convolution to the width, so the token grid is the patchify stem's. GroupNorm rather than the
+    paper's BatchNorm: no running statistics, so an image's features never depend on its batch or on train/eval
+    mode (stage 2 reads this tower frozen)."""
 
-    def __init__(self, image_size: int, patch_size: int, width: int, layers: int, heads: int, mlp_ratio: float):
+    if patch_size < 2 or patch_size & (patch_size - 1):
+        raise ValueError(f"vision_stem=conv needs patch_size to be a power of 2, got {patch_size}")
+    layers, channels = [], 3
+    for i in range(int(math.log2(patch_size))):
+        out = 24 * 2 ** i
+        layers += [nn.Conv2d(channels, out, 3, stride=2, padding=1), nn.GroupNorm(8, out), nn.ReLU()]
+        channels = out
+    return nn.Sequential(*layers, nn.Conv2d(channels, width, 1))
+
+
+class VisionTransformer(nn.Module):
+    """ViT f_v: image [B, 3, H, W] -> patch features [B, P, width]. No CLS token (SPARC pools by mean).
+    `stem`: "patch" (the ViT's patch_size x patch_size patchify) or "conv" (conv_stem, same token grid)."""
+
+    def __init__(self, image_size: int, patch_size: int, width: int, layers: int, heads: int, mlp_ratio: float,
+                 stem: str = "patch"):
         super().__init__()
         if image_size % patch_size:
             raise ValueError(f"image_size {image_size} is not divisible by patch_size {patch_size}")
         self.num_patches = (image_size // patch_size) ** 2
-        self.patch_embed = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size)
+        if stem == "patch":
+            self.patch_embed = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size)
+        elif stem == "conv":
+            self.patch_embed = conv_stem(patch_size, width)
+        else:
+            raise ValueError(f"unknown vision stem {stem!r}; choose 'patch' or 'conv'")
         self.pos_embed = nn.Parameter(torch.randn(1, self.num_patches, width) * 0.02)
         self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio) for _ in range(layers))
         self.ln_post = nn.LayerNorm(width)

@@ -62,12 +62,22 @@ def stage1_loss(cfg: Stage1Config, model, batch: dict, function_tokens: Function
 def flops_per_sample(model: SparkModel) -> float:
     """Training FLOPs of one image-caption pair (matmuls of both towers; embeddings excluded)."""
     c = model.config
-    vision = sum(p.numel() for n, p in model.vision_model.named_parameters() if "pos_embed" not in n)
+    vision = sum(p.numel() for n, p in model.vision_model.named_parameters() if "embed" not in n)
     vision += sum(p.numel() for p in model.vision_head.parameters()) + sum(p.numel() for p in model.vision_proj.parameters())
     text = sum(p.numel() for n, p in model.text_model.named_parameters() if "embed" not in n)
     text += sum(p.numel() for p in model.text_proj.parameters())
-    return (transformer_train_flops(vision, c.num_patches, c.vision_layers, c.vision_width)
+    return (stem_train_flops(model) + transformer_train_flops(vision, c.num_patches, c.vision_layers, c.vision_width)
             + transformer_train_flops(text, c.max_text_len, c.text_layers, c.text_width))
+
+
+def stem_train_flops(model: SparkModel) -> float:
+    """Training FLOPs of the vision stem for one image. Its convolutions run at their own resolutions (a conv stem's
+    first layer at (image/2)^2 positions), not once per patch token: 6 * weights * output positions each."""
+    flops, side = 0, model.config.image_size
+    for conv in (m for m in model.vision_model.patch_embed.modules() if isinstance(m, torch.nn.Conv2d)):
+        side //= conv.stride[0]
+        flops += 6 * conv.weight.numel() * side**2
+    return flops
 
 
 def export_model(accelerator, model, tokenizer, run_dir: Path) -> None:

@@ -27,10 +27,12 @@ class ModelConfig(_SparkKwargs):
     def validate(self, prefix: str) -> None:
         c = self.spark_config()
         for key, value in vars(self).items():
-            if key != "preset":
+            if key not in ("preset", "vision_stem"):  # the numbers; vision_stem's choices are checked by its type
                 check(getattr(c, key) > 0, f"{prefix}{key}", f"must be > 0, got {getattr(c, key)}")
         check(c.image_size % c.patch_size == 0, f"{prefix}patch_size",
               f"{c.patch_size} does not divide image_size {c.image_size}")
+        check(c.vision_stem != "conv" or c.patch_size & (c.patch_size - 1) == 0 and c.patch_size >= 2,
+              f"{prefix}vision_stem", f"conv needs patch_size to be a power of 2, got {c.patch_size}")
         check(c.vision_width % c.vision_heads == 0, f"{prefix}vision_heads",
               f"{c.vision_heads} does not divide vision_width {c.vision_width}")
         check(c.text_width % c.text_heads == 0, f"{prefix}text_heads",
