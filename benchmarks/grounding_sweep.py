@@ -9,7 +9,7 @@ evaluation (words -> ground-truth masks), retrieval and the fine-grained probes,
                       without it, the final values with error bars
     OUT/heatmaps.png  a shape word's alignment weights on the same 3 test scenes, one row per objective (seed 0)
 
-    python benchmarks/grounding_sweep.py                          # every variant x 3 seeds, 1200 steps: hours of CPU
+    python benchmarks/grounding_sweep.py                          # every variant x 3 seeds, 400 x 64 (the default): hours of CPU
     python benchmarks/grounding_sweep.py --variants sparc sparc+centre --seeds 1 --steps 150 --batch-size 64
 
 Resumable: a run with its final evaluation written is not retrained (an interrupted one resumes from its latest

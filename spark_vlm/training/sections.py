@@ -33,16 +33,18 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     output_dir: str = "runs/stage1"
-    batch_size: int = 128  # per process, per micro-step
+    # The stage-1 defaults: the tiny CPU run, ~7 min on 2 AVX2 cores in fp32 (`make demo` must stay within 25 min);
+    # 1200 x 128 took ~7 min only on a CPU with bf16 matrix units. Stage 2 sets its own (stage2_config.py).
+    batch_size: int = 64  # per process, per micro-step
     grad_accum_steps: int = 1
-    max_steps: int = 1200  # optimiser steps
+    max_steps: int = 400  # optimiser steps
     # auto: bf16 autocast where the device has fast bf16 matmuls (CUDA, CPUs with AVX512-BF16/AMX), else fp32
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     grad_checkpointing: bool = False
     compile: bool = False  # torch.compile the model
     log_every: int = 10
-    eval_every: int = 300  # 0 = only at the end
-    save_every: int = 300  # 0 = only at the end
+    eval_every: int = 200  # 0 = only at the end
+    save_every: int = 200  # 0 = only at the end
     keep_checkpoints: int = 2
     seed: int = 0
     num_workers: int = 0
