@@ -16,7 +16,7 @@ encoder of the same architecture (what the architecture gives without training).
 Beside the probes, a global read-out: does the image embedding prefer a true caption to its shape-swapped twin
 (`data/hard_negatives.py`: one shape word swapped, checked false of the scene)? Chance 50; a mid-grey image in
 place of the scene is the text-only control. High swap accuracy with chance-level shape probes means the swaps
-are won by image-level cues (how much of a colour the scene holds), not by seeing the objects' shapes.
+are won by image-level cues (e.g. how much of a colour the scene holds), not by seeing the objects' shapes.
 """
 from __future__ import annotations
 

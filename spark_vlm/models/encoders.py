@@ -52,7 +52,6 @@ def conv_stem(patch_size: int, width: int) -> nn.Sequential:
     ReLU, then a 1x1 convolution to the width, so the token grid is the patchify stem's. GroupNorm rather than the
     paper's BatchNorm: no running statistics, so an image's features never depend on its batch or on train/eval
     mode (stage 2 reads this tower frozen)."""
-
     if patch_size < 2 or patch_size & (patch_size - 1):
         raise ValueError(f"vision_stem=conv needs patch_size to be a power of 2, got {patch_size}")
     layers, channels = [], 3
