@@ -41,6 +41,8 @@ demo: install
 	  --synonyms $(SCENES)/annotations/synonyms.json --blind-seed 0 --out runs/eval/chair.json
 	$(BIN)/python eval/pope.py --checkpoint runs/stage2 --instances $(SCENES)/annotations/instances_test.json \
 	  --image-dir $(SCENES)/test --num-images 100 --out runs/eval/pope.json
+	$(BIN)/python eval/pope.py --checkpoint runs/stage2 --instances $(SCENES)/annotations/instances_test.json \
+	  --image-dir $(SCENES)/test --num-images 100 --answer statement --statements scenes --out runs/eval/pope_statement.json
 
 # The explorer's browser test (tests/test_explorer_browser.py) drives Debian's chromium through chromedriver.
 test: install

@@ -236,8 +236,9 @@ def test_segmentation_cli(files, stage1_run, data):
     argv = ["--checkpoint", stage1_run, "--voc-root", str(root), "--split", "val", "--out", str(files / "out.json"),
             "--num-images", str(data.draw(st.integers(-1, 3))), "--batch-size", str(data.draw(st.integers(-1, 3)))]
     if data.draw(st.booleans()):
-        argv += ["--class-names", data.draw(st.sampled_from(["", ",", "cat", "cat,,dog", "a,b,c"])
-                                            | st.text(max_size=6))]
+        # "--flag=value": a value starting with "-" is then a value, as a user would have to write it
+        argv += ["--class-names=" + data.draw(st.sampled_from(["", ",", "cat", "cat,,dog", "a,b,c"])
+                                              | st.text(max_size=6))]
     if data.draw(st.booleans()):
         argv += ["--templates", *data.draw(TEMPLATES)]
     succeeds_or_one_error_line(cli("segmentation"), argv + data.draw(st.sampled_from([[], ["--strict"]])))
@@ -250,10 +251,10 @@ def test_visualize_cli(files, stage1_run, data):
     if data.draw(st.booleans()):
         image = fresh_dir(files, "vis") / "x.png"
         image.write_bytes(image_bytes(data.draw))
-        source = ["--image", str(image), "--caption", data.draw(st.text(max_size=12))]  # argparse: both or neither
+        source = ["--image", str(image), "--caption=" + data.draw(st.text(max_size=12))]  # argparse: both or neither
     else:
         source = ["--scene-index", str(data.draw(st.integers(-2, 3) | st.integers(10**9, 10**12)))]
-        source += data.draw(st.sampled_from([[], ["--caption", data.draw(st.text(max_size=12))]]))
+        source += data.draw(st.sampled_from([[], ["--caption=" + data.draw(st.text(max_size=12))]]))
     succeeds_or_one_error_line(cli("visualize"), ["--checkpoint", stage1_run, "--out", str(files / "vis.png")]
                                + source)
 

@@ -176,8 +176,10 @@ def test_read_official_question_files(tmp_path):
     path = tmp_path / "coco_pope_adversarial.json"
     path.write_text(OFFICIAL + "\n")
     assert read_pope_questions(path) == [
-        {"image_id": "COCO_val2014_000000310196.jpg", "question": "Is there a snowboard in the image?", "label": "yes"},
-        {"image_id": "COCO_val2014_000000310196.jpg", "question": "Is there a backpack in the image?", "label": "no"}]
+        {"image_id": "COCO_val2014_000000310196.jpg", "question": "Is there a snowboard in the image?", "label": "yes",
+         "object": "snowboard"},
+        {"image_id": "COCO_val2014_000000310196.jpg", "question": "Is there a backpack in the image?", "label": "no",
+         "object": "backpack"}]
     for content, message in [('{"image": "a.jpg", "text": "?", "label": "maybe"}', "line 1 has label 'maybe'"),
                              ('{"image": "a.jpg", "label": "yes"}', "line 1 needs a string 'image' and 'text'"),
                              ("[1, 2]", "line 1 needs"), ("{oops", "line 1 is not valid JSON"), ("", "holds no questions")]:

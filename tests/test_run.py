@@ -11,6 +11,17 @@ from spark_vlm.training.stage1_config import Stage1Config
 from spark_vlm.training.stage2_config import Stage2Config
 
 
+@pytest.fixture(autouse=True)
+def fresh_accelerate():
+    """Each `train` here starts as a fresh process would: accelerate's singletons otherwise keep the precision of
+    whichever test ran first (fp32 there, bf16 "auto" here on a machine with fast bf16: a ValueError)."""
+    from inprocess import reset_accelerate
+
+    reset_accelerate()
+    yield
+    reset_accelerate()
+
+
 def toy_stage(exported: list):
     x = torch.randn(32, 4, generator=torch.Generator().manual_seed(0))
     data = torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True))

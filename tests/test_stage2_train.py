@@ -135,8 +135,9 @@ def test_plain_run_then_caption_from_the_run_dir(tmp_path, stage1_dir):
     kwargs = dict(settings=["random", "adversarial"], num_images=3, shots=2)
     results = {(answer, batch): pope_report(out, paths["images"], paths["instances"], answer=answer, batch_size=batch,
                                             **kwargs).result for answer, batch in
-               [("likelihood", 1), ("likelihood", 4), ("generate", 4)]}
+               [("likelihood", 1), ("likelihood", 4), ("generate", 4), ("statement", 8)]}
     assert results["likelihood", 1] == results["likelihood", 4]
+    assert results["statement", 8]["shots"] == 0 and len(results["statement", 8]["statements"]) == 1
     for result in results.values():
         for scores in result["settings"].values():
             assert scores["num_images"] == 3 and scores["n"] == 18 and 0 <= scores["yes_ratio"] <= 100

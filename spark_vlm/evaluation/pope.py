@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -28,9 +29,11 @@ from ..data.text import question_answer
 from ..data.coco_json import coco_entries
 from ..metrics.pope import SETTINGS, parse_yes_no, pope_scores, sample_pope_questions, select_pope_images
 from .captioner import load_captioner
+from .pope_statements import STATEMENT_TEMPLATES, answer_by_statements
 from .report import Report, read_json, skip_summary
 
-ANSWER_MODES = ("likelihood", "generate")
+ANSWER_MODES = ("likelihood", "generate", "statement")  # statement: pope_statements.py, not POPE's prompt
+QUESTION_OBJECT = re.compile(r"^Is there an? (.+?) in the im\w*\?$")  # POPE's question ("imange" typo included)
 
 
 def qa_ids(prompts, question: str, answer: str | None) -> list[int]:
@@ -80,7 +83,9 @@ def read_pope_questions(path) -> list[dict]:
         if entry.get("label") not in ("yes", "no"):
             raise ValueError(f"POPE question file {path} line {n} has label {entry.get('label')!r}; "
                              "expected 'yes' or 'no'")
-        questions.append({"image_id": entry["image"], "question": text, "label": entry["label"]})
+        asked = QUESTION_OBJECT.match(text.strip())
+        questions.append({"image_id": entry["image"], "question": text, "label": entry["label"],
+                          "object": asked.group(1) if asked else None})
     if not questions:
         raise ValueError(f"POPE question file {path} holds no questions")
     return questions
@@ -128,8 +133,8 @@ def _batches(model, prompts, questions, shots, images, batch_size):
 def answer_pope(model, prompts, questions: list[dict], shots: list[list[tuple]], images: dict, batch_size: int = 8,
                 answer: str = "likelihood") -> list[str]:
     """"yes"/"no" for each question: the more likely answer token after "Answer:", or a parsed greedy answer."""
-    if answer not in ANSWER_MODES:
-        raise ValueError(f"unknown POPE answer mode {answer!r}; choose from {list(ANSWER_MODES)}")
+    if answer not in ("likelihood", "generate"):  # "statement" asks no question: answer_by_statements
+        raise ValueError(f"answer_pope answers by 'likelihood' or 'generate', got {answer!r}")
     tokenizer = prompts.tokenizer
     yes_id = tokenizer(" yes", add_special_tokens=False)["input_ids"][0]
     no_id = tokenizer(" no", add_special_tokens=False)["input_ids"][0]
@@ -152,8 +157,14 @@ def answer_pope(model, prompts, questions: list[dict], shots: list[list[tuple]],
 def pope_report(checkpoint, image_dir: str, instances: str | None = None, question_files=(), settings=SETTINGS,
                 num_images: int = 500, shots: int = 2, seed: int = 0, batch_size: int = 8,
                 answer: str = "likelihood", device: str = "cpu", vision_path: str | None = None,
-                lm_path: str | None = None) -> Report:
-    """Accuracy, precision, recall, F1 and yes-ratio (percent) per setting (or per question file)."""
+                lm_path: str | None = None, statements: str = "plain") -> Report:
+    """Accuracy, precision, recall, F1 and yes-ratio (percent) per setting (or per question file). With
+    `answer="statement"` the questions are answered from caption likelihoods (pope_statements.py, templates
+    `statements`) and `shots` is not used."""
+    if answer not in ANSWER_MODES:
+        raise ValueError(f"unknown POPE answer mode {answer!r}; choose from {list(ANSWER_MODES)}")
+    if statements not in STATEMENT_TEMPLATES:
+        raise ValueError(f"unknown statement templates {statements!r}; choose from {list(STATEMENT_TEMPLATES)}")
     if bool(instances) == bool(question_files):
         raise ValueError("give either --instances (questions sampled as POPE does) or --questions (POPE's files)")
     if not Path(image_dir).is_dir():
@@ -170,15 +181,25 @@ def pope_report(checkpoint, image_dir: str, instances: str | None = None, questi
     counter = SkipCounter(what="images")
     images, _, ids = load_pairs(records, model.vision.config.image_size, counter=counter)  # only the asked images
     by_id = {asked[k]: image for k, image in zip(ids, images)}
-    result = {"source": instances or list(question_files), "answer": answer, "shots": shots, "settings": {}}
+    statement, scored = answer == "statement", {}
+    result = {"source": instances or list(question_files), "answer": answer, "shots": 0 if statement else shots,
+              **({"statements": list(STATEMENT_TEMPLATES[statements])} if statement else {}), "settings": {}}
     for setting, questions in by_setting.items():
         questions = [q for q in questions if q["image_id"] in by_id]
         if not questions:
             raise ValueError(f"POPE {setting}: none of the images asked about could be read from {image_dir}")
-        examples = choose_shots(questions, shots, seed)
-        answers = answer_pope(model, prompts, questions, examples, by_id, batch_size, answer)
+        if statement:
+            if unparsed := [q["question"] for q in questions if not q.get("object")]:
+                raise ValueError(f"--answer statement needs the object of each question; cannot read it from "
+                                 f"{unparsed[0]!r} (expected 'Is there a/an OBJECT in the image?')")
+            answers = answer_by_statements(model, prompts, questions, by_id, STATEMENT_TEMPLATES[statements],
+                                           cache=scored)
+        else:
+            answers = answer_pope(model, prompts, questions, choose_shots(questions, shots, seed), by_id, batch_size,
+                                  answer)
         scores = pope_scores(questions, answers)
         result["settings"][setting] = {**scores, "num_images": len({q["image_id"] for q in questions})}
     result["skipped"] = skip_summary(counter)
     rows = [{"setting": setting, **scores} for setting, scores in result["settings"].items()]
-    return Report(f"POPE ({answer}; chance: accuracy 50, yes-ratio 50 on balanced questions)", result, rows)
+    mode = f"{answer} {statements}" if statement else answer
+    return Report(f"POPE ({mode}; chance: accuracy 50, yes-ratio 50 on balanced questions)", result, rows)

@@ -44,6 +44,7 @@ def stage2_scores(run_dir, annotations: dict, num_images: int, pope_images: int,
     from ..evaluation.captioning import chair_report
     from ..metrics.caption_metrics import blind_captions, references_from_coco, score_captions
     from ..evaluation.pope import answer_pope, choose_shots, instance_questions
+    from ..evaluation.pope_statements import STATEMENT_TEMPLATES, answer_by_statements
     from ..metrics.pope import SETTINGS, pope_scores
     from ..models.oracle_vision import OracleVision
 
@@ -69,6 +70,15 @@ def stage2_scores(run_dir, annotations: dict, num_images: int, pope_images: int,
         for setting, qs in questions.items():
             answers = answer_pope(model, prompts, qs, choose_shots(qs, k, seed), by_id, batch_size=32)
             pope[f"{setting}_{k}shot"] = pope_scores(qs, answers)
+    # The same questions answered from caption likelihoods (not POPE's prompt), and its control: each image's
+    # answers read from the next asked image (chance: 50).
+    asked = list(dict.fromkeys(q["image_id"] for qs in questions.values() for q in qs))
+    another = {i: by_id[asked[(k + 1) % len(asked)]] for k, i in enumerate(asked)}
+    every = [q for qs in questions.values() for q in qs]  # one score table: the settings share their images
+    for suffix, images in (("", by_id), ("_another_image", another)):
+        answers = iter(answer_by_statements(model, prompts, every, images, STATEMENT_TEMPLATES["scenes"]))
+        for setting, qs in questions.items():
+            pope[f"{setting}_statement{suffix}"] = pope_scores(qs, [next(answers) for _ in qs])
     final = json.loads((Path(run_dir) / "eval_results.json").read_text())
     return {"run": str(run_dir), "oracle": isinstance(model.vision, OracleVision), "examples": captions[:5],
             "distinct_test_captions": len(set(captions)) / len(captions),
