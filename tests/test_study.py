@@ -190,8 +190,8 @@ def stage1_result(**values) -> dict:
 
 
 def stage2_result(**values) -> dict:
-    keys = ["CIDEr", "Bleu_4", "ROUGE_L", "CHAIRs", "CHAIRi", "pope_random", "image_contribution",
-            "object_word_contribution"]
+    keys = ["CIDEr", "Bleu_4", "ROUGE_L", "CHAIRs", "CHAIRi", "pope_random", "pope_statement_random",
+            "pope_statement_random_another", "image_contribution", "object_word_contribution"]
     return {**{k: values.get(k, 10.0) for k in keys}, **{f"blind_{k}": 3.0 for k in keys}}
 
 
@@ -241,6 +241,7 @@ def test_micro_study_runs_reports_and_resumes_only_the_missing_step(tmp_path, mo
     assert 0 <= s1["i2t_R@1"] <= 100 and 0 <= s1["mIoU.paper"] <= 100 and s1["words"] > 0
     (s2,) = report["stage2"]["clip"]
     assert 0 <= s2["CHAIRi"] <= 100 and s2["blind_CIDEr"] > 0 and 0 <= s2["pope_random"] <= 100
+    assert 0 <= s2["pope_statement_random"] <= 100 and 0 <= s2["pope_statement_random_another"] <= 100
     assert "| clip | 1 |" in (out_dir / "results.md").read_text()
 
     steps = build_plan(load_study(path))

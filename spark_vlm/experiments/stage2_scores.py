@@ -71,12 +71,16 @@ def stage2_scores(run_dir, annotations: dict, num_images: int, pope_images: int,
             answers = answer_pope(model, prompts, qs, choose_shots(qs, k, seed), by_id, batch_size=32)
             pope[f"{setting}_{k}shot"] = pope_scores(qs, answers)
     # The same questions answered from caption likelihoods (not POPE's prompt), and its control: each image's
-    # answers read from the next asked image (chance: 50).
+    # answers read from the next asked image (chance: 50), i.e. the same score table with its rows shifted.
     asked = list(dict.fromkeys(q["image_id"] for qs in questions.values() for q in qs))
-    another = {i: by_id[asked[(k + 1) % len(asked)]] for k, i in enumerate(asked)}
+    following = {i: asked[(k + 1) % len(asked)] for k, i in enumerate(asked)}
     every = [q for qs in questions.values() for q in qs]  # one score table: the settings share their images
-    for suffix, images in (("", by_id), ("_another_image", another)):
-        answers = iter(answer_by_statements(model, prompts, every, images, STATEMENT_TEMPLATES["scenes"]))
+    scored: dict = {}
+    for suffix in ("", "_another_image"):
+        if suffix:
+            scored = {(i, o): scored[following[i], o] for i, o in scored}
+        answers = iter(answer_by_statements(model, prompts, every, by_id, STATEMENT_TEMPLATES["scenes"],
+                                            cache=scored))
         for setting, qs in questions.items():
             pope[f"{setting}_statement{suffix}"] = pope_scores(qs, [next(answers) for _ in qs])
     final = json.loads((Path(run_dir) / "eval_results.json").read_text())

@@ -27,6 +27,8 @@ STAGE2 = [("CIDEr", "CIDEr", ("blind_CIDEr", "blind")), ("Bleu_4", "BLEU-4", ("b
 ("ROUGE_L", "ROUGE-L", ("blind_ROUGE_L", "blind")),
           ("CHAIRs", "CHAIRs ↓", ("blind_CHAIRs", "blind")), ("CHAIRi", "CHAIRi ↓", ("blind_CHAIRi", "blind")),
           ("pope_random", "POPE random acc.", None),
+          ("pope_statement_random", "POPE random acc., from captions",
+           ("pope_statement_random_another", "another image")),
           ("image_contribution", "image contribution (nats/token)", None, 3),
           ("object_word_contribution", "object-word contribution", None, 3)]
 # The paper's CLIP -> SPARC deltas (Bica et al., ICML 2024, arXiv 2401.09865; ViT-B/16, docs/sparc_method.md) and the
@@ -62,8 +64,13 @@ def cell(values, reference=None, digits: int = 1) -> str:
 
 
 def flat_stage2(scores: dict) -> dict:
-    """stage2_scores' dict with POPE's random-setting zero-shot accuracy as a flat key."""
-    return {**scores, "pope_random": scores["pope"]["random_0shot"]["accuracy"]}
+    """stage2_scores' dict with POPE's random-setting accuracies as flat keys: zero-shot question, answered from
+    caption likelihoods, and the same with another image's answers (absent in scores from before that form: None)."""
+    pope = scores["pope"]
+    statement = {k: pope[key]["accuracy"] if key in pope else None for k, key in
+                 (("pope_statement_random", "random_statement"),
+                  ("pope_statement_random_another", "random_statement_another_image"))}
+    return {**scores, "pope_random": pope["random_0shot"]["accuracy"], **statement}
 
 
 def collect(steps: list[Step]) -> dict:
@@ -157,7 +164,9 @@ def markdown(cfg: StudyConfig, results: dict, plots: list[str]) -> str:
     lines += table(s1, GROUNDING, "clip")
     lines += ["", "## Stage 2: the captioner on each frozen backbone (and the oracle tower, the recipe's upper bound)",
               "", "Caption metrics and CHAIR beside the blind baseline (each image given another image's reference "
-              "caption); POPE: random setting, zero-shot, accuracy (%), chance 50; the image and object-word "
+              "caption); POPE: random setting, accuracy (%), chance 50, zero-shot with POPE's question and answered "
+              "from caption likelihoods (`--answer statement`, beside the same with another image's answers); the "
+              "image and object-word "
               "contributions: val loss with another image's input minus with the own (nats/token, 0 = the image is "
               "not read).", ""]
     lines += table(results["stage2"], STAGE2, "clip", digits=2)
