@@ -18,7 +18,6 @@ import argparse
 
 from spark_vlm.evaluation.captioner import DEVICES
 from spark_vlm.evaluation.pope import ANSWER_MODES, pope_report
-from spark_vlm.evaluation.pope_statements import STATEMENT_TEMPLATES
 from spark_vlm.evaluation.report import report_or_exit
 from spark_vlm.metrics.pope import SETTINGS
 
@@ -36,8 +35,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--shots", type=int, default=2, help="few-shot examples before each question")
     parser.add_argument("--answer", choices=ANSWER_MODES, default="likelihood",
                         help="statement: not POPE's prompt, see spark_vlm/evaluation/pope_statements.py")
-    parser.add_argument("--statements", choices=sorted(STATEMENT_TEMPLATES), default="plain",
-                        help="caption templates for --answer statement (scenes: 'a {colour} {object}')")
+    parser.add_argument("--statements", nargs="+", default=["plain"],
+                        help="--answer statement: presets (plain: 'a {object}'; scenes: 'a red {object}', ...) "
+                             "and/or your own templates with {object}, e.g. 'a photo of a {object}'")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", choices=DEVICES, default="auto", help="auto: cuda if available, else cpu")

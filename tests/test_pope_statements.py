@@ -2,14 +2,15 @@
 time loop, the PMI decision on a hand-worked table, and reading the object out of POPE's question text."""
 
 import math
+import re
 
 import pytest
 import torch
 
 from spark_vlm.data.prompts import FlamingoPrompts
 from spark_vlm.evaluation.pope import QUESTION_OBJECT
-from spark_vlm.evaluation.pope_statements import (STATEMENT_TEMPLATES, answer_by_statements, statement_answers,
-                                                  statement_scores)
+from spark_vlm.evaluation.pope_statements import (STATEMENT_TEMPLATES, answer_by_statements, resolve_templates,
+                                                  statement_answers, statement_scores)
 from spark_vlm.data.images import to_pixel_values
 from test_flamingo import make_model, set_gates
 
@@ -73,10 +74,18 @@ def test_scene_templates_name_a_colour_and_the_object_is_read_from_pope_question
     assert QUESTION_OBJECT.match("How many dogs are there?") is None
 
 
-def test_unknown_templates_are_refused_before_loading(tmp_path):
+def test_templates_are_presets_or_the_users_own_and_bad_ones_are_refused_before_loading(tmp_path):
     from spark_vlm.evaluation.pope import pope_report
 
-    with pytest.raises(ValueError, match="unknown statement templates 'colours'"):
+    assert resolve_templates("plain") == ("a {object}",)
+    assert resolve_templates(["a photo of a {object}", "plain"]) == ("a photo of a {object}", "a {object}")
+    assert resolve_templates(["scenes"]) == STATEMENT_TEMPLATES["scenes"]
+    for bad in ("colours", "a {thing}", "{object} and {object}", "a {object} {", "{0} {object}"):
+        with pytest.raises(ValueError, match=re.escape(f"--statements {bad!r}: neither a preset")):
+            resolve_templates(["plain", bad])
+    with pytest.raises(ValueError, match="needs a preset"):
+        resolve_templates([])
+    with pytest.raises(ValueError, match="--statements 'colours'"):  # before the checkpoint is even looked at
         pope_report(tmp_path, str(tmp_path), question_files=["q.json"], answer="statement", statements="colours")
 
 

@@ -29,7 +29,7 @@ from ..data.text import question_answer
 from ..data.coco_json import coco_entries
 from ..metrics.pope import SETTINGS, parse_yes_no, pope_scores, sample_pope_questions, select_pope_images
 from .captioner import load_captioner
-from .pope_statements import STATEMENT_TEMPLATES, answer_by_statements
+from .pope_statements import answer_by_statements, resolve_templates
 from .report import Report, read_json, skip_summary
 
 ANSWER_MODES = ("likelihood", "generate", "statement")  # statement: pope_statements.py, not POPE's prompt
@@ -157,14 +157,13 @@ def answer_pope(model, prompts, questions: list[dict], shots: list[list[tuple]],
 def pope_report(checkpoint, image_dir: str, instances: str | None = None, question_files=(), settings=SETTINGS,
                 num_images: int = 500, shots: int = 2, seed: int = 0, batch_size: int = 8,
                 answer: str = "likelihood", device: str = "cpu", vision_path: str | None = None,
-                lm_path: str | None = None, statements: str = "plain") -> Report:
+                lm_path: str | None = None, statements: str | list[str] = "plain") -> Report:
     """Accuracy, precision, recall, F1 and yes-ratio (percent) per setting (or per question file). With
-    `answer="statement"` the questions are answered from caption likelihoods (pope_statements.py, templates
-    `statements`) and `shots` is not used."""
+    `answer="statement"` the questions are answered from caption likelihoods (pope_statements.py; `statements`:
+    preset names and/or templates with "{object}") and `shots` is not used."""
     if answer not in ANSWER_MODES:
         raise ValueError(f"unknown POPE answer mode {answer!r}; choose from {list(ANSWER_MODES)}")
-    if statements not in STATEMENT_TEMPLATES:
-        raise ValueError(f"unknown statement templates {statements!r}; choose from {list(STATEMENT_TEMPLATES)}")
+    templates = resolve_templates(statements)
     if bool(instances) == bool(question_files):
         raise ValueError("give either --instances (questions sampled as POPE does) or --questions (POPE's files)")
     if not Path(image_dir).is_dir():
@@ -183,7 +182,7 @@ def pope_report(checkpoint, image_dir: str, instances: str | None = None, questi
     by_id = {asked[k]: image for k, image in zip(ids, images)}
     statement, scored = answer == "statement", {}
     result = {"source": instances or list(question_files), "answer": answer, "shots": 0 if statement else shots,
-              **({"statements": list(STATEMENT_TEMPLATES[statements])} if statement else {}), "settings": {}}
+              **({"statements": list(templates)} if statement else {}), "settings": {}}
     for setting, questions in by_setting.items():
         questions = [q for q in questions if q["image_id"] in by_id]
         if not questions:
@@ -192,8 +191,7 @@ def pope_report(checkpoint, image_dir: str, instances: str | None = None, questi
             if unparsed := [q["question"] for q in questions if not q.get("object")]:
                 raise ValueError(f"--answer statement needs the object of each question; cannot read it from "
                                  f"{unparsed[0]!r} (expected 'Is there a/an OBJECT in the image?')")
-            answers = answer_by_statements(model, prompts, questions, by_id, STATEMENT_TEMPLATES[statements],
-                                           cache=scored)
+            answers = answer_by_statements(model, prompts, questions, by_id, templates, cache=scored)
         else:
             answers = answer_pope(model, prompts, questions, choose_shots(questions, shots, seed), by_id, batch_size,
                                   answer)
@@ -201,5 +199,5 @@ def pope_report(checkpoint, image_dir: str, instances: str | None = None, questi
         result["settings"][setting] = {**scores, "num_images": len({q["image_id"] for q in questions})}
     result["skipped"] = skip_summary(counter)
     rows = [{"setting": setting, **scores} for setting, scores in result["settings"].items()]
-    mode = f"{answer} {statements}" if statement else answer
+    mode = f"{answer}, {len(templates)} templates" if statement else answer
     return Report(f"POPE ({mode}; chance: accuracy 50, yes-ratio 50 on balanced questions)", result, rows)

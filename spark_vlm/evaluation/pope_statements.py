@@ -40,6 +40,29 @@ STATEMENT_TEMPLATES = {
 }
 
 
+def resolve_templates(names) -> tuple[str, ...]:
+    """Preset names ("plain", "scenes") and/or the user's own templates, each with one "{object}" ("a photo of a
+    {object}"), in order, as one tuple; anything else is refused with the offending entry named."""
+    names = [names] if isinstance(names, str) else list(names)
+    if not names:
+        raise ValueError(f"--statements needs a preset ({', '.join(STATEMENT_TEMPLATES)}) or a template with "
+                         "{object}")
+    out: list[str] = []
+    for name in names:
+        if name in STATEMENT_TEMPLATES:
+            out += STATEMENT_TEMPLATES[name]
+            continue
+        try:
+            ok = name.count("{object}") == 1 and bool(name.format(object="x").strip())
+        except (IndexError, KeyError, ValueError):  # other braces: "{x}", "{", "{0}"
+            ok = False
+        if not ok:
+            raise ValueError(f"--statements {name!r}: neither a preset ({', '.join(STATEMENT_TEMPLATES)}) nor a "
+                             "template with one {object} and no other braces")
+        out.append(name)
+    return tuple(out)
+
+
 @torch.no_grad()
 def statement_scores(model, prompts, images: list, objects: list[str], templates: tuple[str, ...],
                      batch_size: int = 128) -> torch.Tensor:
