@@ -10,7 +10,7 @@ import torch
 from spark_vlm.data.prompts import FlamingoPrompts
 from spark_vlm.evaluation.pope import QUESTION_OBJECT
 from spark_vlm.evaluation.pope_statements import (STATEMENT_TEMPLATES, answer_by_statements, resolve_templates,
-                                                  statement_answers, statement_scores)
+                                                  statement, statement_answers, statement_scores)
 from spark_vlm.data.images import to_pixel_values
 from test_flamingo import make_model, set_gates
 
@@ -65,6 +65,13 @@ def test_pmi_decision_on_a_hand_worked_table():
     table = statement_scores(model, prompts, [images["a"], images["b"]], ["ring", "star"], ("a {object}",))
     # two images: exactly one of them is above the mean for each object (unless tied)
     assert answers[0] != answers[1] and answers[1] == ("yes" if table[0, 1] > table[1, 1] else "no")
+
+
+def test_statements_take_the_article_the_object_needs():
+    assert statement("a {object}", "apple") == "an apple"
+    assert statement("a photo of a {object}", "ox") == "a photo of an ox"
+    assert statement("a red {object}", "apple") == "a red apple" and statement("A {object}", "egg") == "An egg"
+    assert statement("two {object}s", "umbrella") == "two umbrellas" and statement("a {object}", "dog") == "a dog"
 
 
 def test_scene_templates_name_a_colour_and_the_object_is_read_from_pope_questions():

@@ -19,6 +19,7 @@ question, read as open_flamingo does) stays the default.
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import torch
@@ -63,11 +64,16 @@ def resolve_templates(names) -> tuple[str, ...]:
     return tuple(out)
 
 
+def statement(template: str, obj: str) -> str:
+    """The template filled in, with "a" before a vowel letter made "an" (text.with_article's rule): "an apple"."""
+    return re.sub(r"\b([Aa]) (?=[aeiouAEIOU])", r"\1n ", template.format(object=obj))
+
+
 @torch.no_grad()
 def statement_scores(model, prompts, images: list, objects: list[str], templates: tuple[str, ...],
                      batch_size: int = 128) -> torch.Tensor:
     """[len(images), len(objects)]: log sum over templates of p(statement tokens | <image>, image), fp32."""
-    rows = [prompts.chunk_ids(t.format(object=o), closed=False) for o in objects for t in templates]
+    rows = [prompts.chunk_ids(statement(t, o), closed=False) for o in objects for t in templates]
     ids, mask = right_pad(rows, prompts.pad_id)
     targets = ids[:, 1:].masked_fill(~mask[:, 1:], -100)  # every statement token after <image>
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
