@@ -174,7 +174,8 @@ def generate_scene(config: SceneConfig, split: str, index: int) -> dict:
             # than (1 - min_visible_frac) of any earlier object's own area. Same-coloured objects
             # must not even touch, or two red circles would merge into one blob and be uncountable.
             grown = _dilate(full)
-            if all(np.count_nonzero(o["visible"] & ~full) >= config.min_visible_frac * o["full_area"]
+            # A shape too small to cover any pixel centre (tiny image sizes) is no object: try another position.
+            if full.any() and all(np.count_nonzero(o["visible"] & ~full) >= config.min_visible_frac * o["full_area"]
                    and not (o["color"] == color and (grown & o["visible"]).any()) for o in placed):
                 break
         else:
