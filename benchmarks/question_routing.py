@@ -16,18 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 from pathlib import Path
 
 import torch
 
 from spark_vlm.data.cache import CACHE_ROOT
-from spark_vlm.data.scene_vocab import PLURALS, SHAPES, WORD_TO_SHAPE
+from spark_vlm.data.scene_truth import parse_caption
+from spark_vlm.data.scene_vocab import SHAPES
 from spark_vlm.data.scenes import cached_scenes
 from spark_vlm.data.text import object_question, question_answer
-
-_WORDS = {**WORD_TO_SHAPE, **{PLURALS[w]: s for w, s in WORD_TO_SHAPE.items()}}
-_SHAPE_WORD = re.compile(r"\b(" + "|".join(sorted(_WORDS, key=len, reverse=True)) + r")\b")
 
 
 def reading_texts(scenes, per_caption: int, per_text: int, seed: int) -> list[str]:
@@ -38,7 +35,7 @@ def reading_texts(scenes, per_caption: int, per_text: int, seed: int) -> list[st
         for caption, kind in zip(meta["captions"], meta["caption_kinds"]):
             if kind != "enumeration":
                 continue
-            present = sorted({_WORDS[w] for w in _SHAPE_WORD.findall(caption)})
+            present = sorted({shape for _, shape, _, _ in parse_caption(caption, kind)[2]})  # (colour, shape, n, size)
             absent = sorted(set(SHAPES) - set(present))
             for _ in range(per_caption):
                 qas = []

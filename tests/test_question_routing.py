@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from spark_vlm.data.scene_vocab import SHAPES
+from spark_vlm.data.scene_vocab import PLURALS, SHAPES, WORD_TO_SHAPE
 from spark_vlm.data.scenes import cached_scenes
 
 spec = importlib.util.spec_from_file_location(
@@ -15,6 +15,8 @@ spec = importlib.util.spec_from_file_location(
 question_routing = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(question_routing)
 
+WORDS = {**WORD_TO_SHAPE, **{PLURALS[w]: s for w, s in WORD_TO_SHAPE.items()}}  # an independent reading of a caption
+SHAPE_WORD = re.compile(r"\b(" + "|".join(sorted(WORDS, key=len, reverse=True)) + r")\b")
 QA = re.compile(r"Question: Is there an? (\w+) in the image\? Answer: (yes|no)")
 
 
@@ -29,7 +31,7 @@ def test_reading_texts_are_answered_by_their_caption(tmp_path):
     for text in texts:
         caption = text.split(" Question:")[0]
         assert caption in enumerations
-        named = {question_routing._WORDS[w] for w in question_routing._SHAPE_WORD.findall(caption)}
+        named = {WORDS[w] for w in SHAPE_WORD.findall(caption)}
         pairs = QA.findall(text)
         assert 1 <= len(pairs) <= 2
         for shape, answer in pairs:
