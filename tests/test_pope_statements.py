@@ -94,6 +94,9 @@ def test_templates_are_presets_or_the_users_own_and_bad_ones_are_refused_before_
         resolve_templates([])
     with pytest.raises(ValueError, match="--statements 'colours'"):  # before the checkpoint is even looked at
         pope_report(tmp_path, str(tmp_path), question_files=["q.json"], answer="statement", statements="colours")
+    (tmp_path / "q.json").write_text('{"image": "a.jpg", "text": "How many dogs are there?", "label": "yes"}\n')
+    with pytest.raises(ValueError, match="cannot read it from 'How many dogs are there\\?'"):  # no checkpoint needed
+        pope_report(tmp_path, str(tmp_path), question_files=[str(tmp_path / "q.json")], answer="statement")
 
 
 def test_a_filled_cache_answers_without_the_model_and_changes_nothing():

@@ -173,6 +173,10 @@ def pope_report(checkpoint, image_dir: str, instances: str | None = None, questi
     else:
         by_setting = {Path(f).stem: read_pope_questions(f) for f in question_files}
         files = {q["image_id"]: q["image_id"] for qs in by_setting.values() for q in qs}
+    statement, scored = answer == "statement", {}
+    if statement and (unparsed := [q["question"] for qs in by_setting.values() for q in qs if not q.get("object")]):
+        raise ValueError(f"--answer statement needs the object of each question; cannot read it from "
+                         f"{unparsed[0]!r} (expected 'Is there a/an OBJECT in the image?')")
     model, prompts = load_captioner(checkpoint, device, vision_path, lm_path)
     # load_pairs wants integer ids; the questions' ids are COCO ids or (POPE's files) file names
     asked = list(files)
@@ -180,7 +184,6 @@ def pope_report(checkpoint, image_dir: str, instances: str | None = None, questi
     counter = SkipCounter(what="images")
     images, _, ids = load_pairs(records, model.vision.config.image_size, counter=counter)  # only the asked images
     by_id = {asked[k]: image for k, image in zip(ids, images)}
-    statement, scored = answer == "statement", {}
     result = {"source": instances or list(question_files), "answer": answer, "shots": 0 if statement else shots,
               **({"statements": list(templates)} if statement else {}), "settings": {}}
     for setting, questions in by_setting.items():
@@ -188,9 +191,6 @@ def pope_report(checkpoint, image_dir: str, instances: str | None = None, questi
         if not questions:
             raise ValueError(f"POPE {setting}: none of the images asked about could be read from {image_dir}")
         if statement:
-            if unparsed := [q["question"] for q in questions if not q.get("object")]:
-                raise ValueError(f"--answer statement needs the object of each question; cannot read it from "
-                                 f"{unparsed[0]!r} (expected 'Is there a/an OBJECT in the image?')")
             answers = answer_by_statements(model, prompts, questions, by_id, templates, cache=scored)
         else:
             answers = answer_pope(model, prompts, questions, choose_shots(questions, shots, seed), by_id, batch_size,
