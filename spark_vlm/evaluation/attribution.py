@@ -1,10 +1,11 @@
 """Where a captioner's words looked: cross-attention attribution of SparkFlamingo, from text tokens to the vision
 tower's patches (or, for the oracle tower, its object tokens).
 
-The model's attention layers call `F.scaled_dot_product_attention`, which returns no weights. Here forward hooks
-read each layer's inputs during one ordinary forward pass and recompute the weights from the module's own
-projections, softmax(q k^T / sqrt(d_head)) under the module's mask; the model's numbers are untouched and nothing
-is stored on the model (the hooks write into a list local to the call and are removed in a `finally`).
+The model's attention layers call `models.attention.attention` (SDPA or its written-out form), which returns no
+weights. Here forward hooks read each layer's inputs during one ordinary forward pass and recompute the weights
+from the module's own projections, softmax(q k^T / sqrt(d_head)) under the module's mask; the model's numbers are
+untouched and nothing is stored on the model (the hooks write into a list local to the call and are removed in a
+`finally`).
 
     text token t -> latents:   the gated xattn weights, averaged over heads and over the xattn layers   [T, n]
     latents -> patches:        the perceiver's last attention layer, over its media keys, head-averaged [n, P]

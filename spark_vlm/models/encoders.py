@@ -1,5 +1,5 @@
 """The two stage-1 towers, trained from scratch: a ViT (patch tokens, no CLS) and a bidirectional text
-Transformer. Both are stacks of the same pre-LN block with PyTorch SDPA attention; masks are passed
+Transformer. Both are stacks of the same pre-LN block with scaled dot-product attention (`attention.py`); masks are passed
 explicitly as arguments, never stored on the layers.
 """
 from __future__ import annotations
@@ -8,8 +8,9 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from transformers.modeling_layers import GradientCheckpointingLayer  # what `activation_checkpointing_enable()` wraps
+
+from .attention import attention
 
 
 class Attention(nn.Module):
@@ -26,7 +27,7 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
         # SDPA takes a boolean mask where True = may attend; broadcast it over heads and queries.
         attn_mask = None if key_padding_mask is None else key_padding_mask[:, None, None, :]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        out = attention(q, k, v, attn_mask)
         return self.proj(out.transpose(1, 2).reshape(b, n, w))
 
 

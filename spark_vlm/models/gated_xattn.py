@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from .attention import attention
 from .perceiver import feed_forward, merge_heads, split_heads
 
 
@@ -98,7 +98,7 @@ class MaskedCrossAttention(nn.Module):
                 kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         q = split_heads(self.to_q(self.norm(x)), self.heads)
         k, v = kv if kv is not None else self.project_kv(media.latents)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=media.attn_mask)
+        out = attention(q, k, v, media.attn_mask)
         out = self.to_out(merge_heads(out))
         # Exact zeros (not a softmax over nothing) for tokens before the first image.
         return torch.where(media.has_media, out, torch.zeros((), dtype=out.dtype, device=out.device))

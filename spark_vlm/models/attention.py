@@ -1,0 +1,49 @@
+"""The one attention function of our own modules (ViT, text tower, perceiver, gated cross-attention).
+
+`F.scaled_dot_product_attention` picks a fused kernel. On CPU in bf16/fp16 and at our sequence lengths the fused
+(flash) kernel is the slow choice: for 32-128 keys its forward + backward take 2-4x as long as the same attention
+written as three plain ops, while in fp32 the two are within noise and from ~250 keys up the fused kernel wins
+(`python benchmarks/attention_kernels.py`). So reduced precision on CPU with at most `EXPLICIT_MAX_KEYS` keys is
+written out, the standard non-fused recipe (Hugging Face's eager attention): scores q k^T / sqrt(d) in the
+input dtype (fp32 accumulation inside the matmul), softmax in fp32, weights cast back, times v. Everything else
+(fp32 anywhere, CUDA, long sequences) calls SDPA exactly as before, so fp32 numbers are unchanged bit for bit.
+
+Masks are boolean, True = may attend, broadcastable to [..., L_q, L_k], as SDPA's. A query row that may attend to
+nothing gets an all-zero output on both paths (SDPA's convention on CPU).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+EXPLICIT_MAX_KEYS = 128  # measured crossover: the fused kernel is faster from ~200-250 keys up (bf16, CPU)
+
+
+def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) masked) v with the softmax in fp32; q [..., L_q, d], k, v [..., L_k, d]."""
+    scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.transpose(-1, -2)
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    weights = scores.softmax(-1, dtype=torch.float32)
+    if attn_mask is not None:  # rows with no allowed key: 0, not NaN (as SDPA)
+        weights = weights.masked_fill(~attn_mask.any(-1, keepdim=True), 0.0)
+    return weights.to(v.dtype) @ v
+
+
+def uses_explicit(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """True where `attention` writes the attention out instead of calling SDPA (see the module docstring)."""
+    reduced = (torch.bfloat16, torch.float16)
+    low_precision = q.dtype in reduced or (torch.is_autocast_enabled("cpu") and
+                                           torch.get_autocast_dtype("cpu") in reduced)
+    return q.device.type == "cpu" and low_precision and k.shape[-2] <= EXPLICIT_MAX_KEYS
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Scaled dot-product attention, [..., heads, L_q, d] -> [..., heads, L_q, d_v]."""
+    if uses_explicit(q, k):
+        return explicit_attention(q, k, v, attn_mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
