@@ -8,7 +8,8 @@ The peers live in a separate environment (never the project's .venv, which stays
 
 Cases (samples/s or tokens/s; each row is `--rounds` rounds, the two sides alternating and swapping who goes first
 every round; the table gives the median and the min-max spread over rounds):
-  stage1 sparc|clip fp32|bf16  forward, loss, backward, AdamW of the tiny dual encoder, batch 64
+  stage1 sparc|clip fp32|bf16  forward, loss, backward, AdamW of the tiny dual encoder, batch 64 (--compile: both
+                               sides torch.compile'd)
   stage2 fp32|bf16             the same for the trainable parts of the captioner, batch 16 x 32 tokens
   generate                     greedy, batch 16, exactly 20 new tokens, both with their caches; the LM alone too
 MFU is against the measured matmul peak (training/throughput.py), with our own FLOP counts for both sides.
@@ -75,7 +76,7 @@ def train_step(model, opt, loss_fn, precision: str):
     return step
 
 
-def stage1_cases(rounds: int, batch: int, precisions: list[str], losses: list[str]) -> list[dict]:
+def stage1_cases(rounds: int, batch: int, precisions: list[str], losses: list[str], compile: bool = False) -> list[dict]:
     import torch
 
     import peer_models as pm
@@ -99,9 +100,13 @@ def stage1_cases(rounds: int, batch: int, precisions: list[str], losses: list[st
     print(f"  SPARC loss on the same embeddings: spark-vlm {a.item():.6f}, the paper's pseudo-code {b.item():.6f}")
     assert torch.allclose(a, b, rtol=1e-4), "the two SPARC implementations disagree"
 
+    # --compile: both sides torch.compile'd (stage 1's train.compile; open_clip's --torchcompile), timed after the
+    # warm-up rounds have compiled them.
+    run_ours, run_theirs = (torch.compile(ours), torch.compile(theirs)) if compile else (ours, theirs)
+
     def our_loss(loss):
         def fn():
-            o = ours(px, ids, mask)
+            o = run_ours(px, ids, mask)
             if loss == "clip":
                 return clip_loss(o.image_embeds, o.text_embeds, o.logit_scale)
             return sparc_loss(o.image_embeds, o.text_embeds, o.patch_embeds, o.token_embeds, o.token_mask,
@@ -114,9 +119,9 @@ def stage1_cases(rounds: int, batch: int, precisions: list[str], losses: list[st
     for loss in losses:
         for precision in precisions:
             res = timed_rounds({"spark-vlm": train_step(ours, opt_o, our_loss(loss), precision),
-                                "open_clip": train_step(theirs, opt_t, lambda: pm.peer_loss(theirs(px, ids, mask), loss),
+                                "open_clip": train_step(theirs, opt_t, lambda: pm.peer_loss(run_theirs(px, ids, mask), loss),
                                                         precision)}, batch, rounds)
-            rows.append(dict(case=f"stage 1 {loss} {precision}", unit="samples/s", ours=res["spark-vlm"],
+            rows.append(dict(case=f"stage 1 {loss} {precision}{' compiled' if compile else ''}", unit="samples/s", ours=res["spark-vlm"],
                              peer_name="open_clip", peer=res["open_clip"], flops_per_sample=flops_per_sample(ours)))
             print(f"  {rows[-1]['case']}: {res}", flush=True)
     return rows
@@ -220,7 +225,7 @@ def table(rows: list[dict], peaks: dict) -> str:
     for row in rows:
         mfu = ""
         if "flops_per_sample" in row:
-            peak = peaks["bf16" if row["case"].endswith("bf16") else "fp32"]
+            peak = peaks["bf16" if " bf16" in row["case"] else "fp32"]
             mfu = f"{row['ours']['median'] * row['flops_per_sample'] / peak:.1%} / " \
                   f"{row['peer']['median'] * row['flops_per_sample'] / peak:.1%}"
         lines.append(f"| {row['case']} ({row['unit']}) | {row['peer_name']} | {fmt(row['peer'])} | {fmt(row['ours'])} "
@@ -240,6 +245,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the run is pinned to one core)")
     parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"],
                         help="default: fp32, and bf16 where the CPU has fast bf16 matmuls (training/throughput.py)")
+    parser.add_argument("--compile", action="store_true", help="stage 1 with both models torch.compile'd")
     parser.add_argument("--out", default="benchmarks/results/vs_peers.json")
     args = parser.parse_args()
     if args.make_venv:
@@ -260,7 +266,7 @@ def main() -> None:
     t0 = time.perf_counter()
     rows = []
     if args.only in (None, "stage1"):
-        rows += stage1_cases(args.rounds, 64, args.precisions, ["sparc", "clip"])
+        rows += stage1_cases(args.rounds, 64, args.precisions, ["sparc", "clip"], args.compile)
     if args.only in (None, "stage2"):
         rows += stage2_cases(args.rounds, 16, 32, args.precisions)
     peaks = {p: peak_flops(p) for p in ("fp32", "bf16")}

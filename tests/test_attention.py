@@ -114,3 +114,20 @@ def test_perceiver_on_several_images_per_sample_matches_one_image_at_a_time():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low = model(features)
     assert (low.float() - fast).abs().max() < 0.1  # bf16 autocast: the written-out path, close to fp32
+
+
+def test_attention_kernels_benchmark_reports_both_kernels_and_the_dispatch(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "kernels.json"
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, str(root / "benchmarks/attention_kernels.py"), "--lengths", "8", "256",
+                    "--repeats", "1", "--out", str(out)], check=True, capture_output=True, cwd=tmp_path)
+    rows = {(r["dtype"], r["keys"]): r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {("float32", 8), ("float32", 256), ("bfloat16", 8), ("bfloat16", 256)}
+    assert [rows[k]["attention() uses"] for k in sorted(rows)] == ["explicit", "sdpa", "sdpa", "sdpa"]
+    assert all(r[f"{kernel} {part} ms"] > 0 for r in rows.values() for kernel in ("sdpa", "explicit")
+               for part in ("fwd", "fwd+bwd"))
