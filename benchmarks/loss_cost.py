@@ -8,6 +8,9 @@
     python benchmarks/loss_cost.py --batch-sizes 64 --losses clip sparc sparc+shapeneg \
         sparc+centre+max+cross16+content+shapeneg --out benchmarks/results/loss_cost_shapeneg.json
 
+    python benchmarks/loss_cost.py --paired 15 --batch-sizes 64 256 --losses clip sparc --precision bf16 \
+        --out benchmarks/results/loss_overhead_bf16.json     # SPARK's step vs CLIP's, paired (no memory)
+
 Each (loss, batch size) runs in a fresh subprocess so that its peak memory is its own: on CUDA the
 allocator's max_memory_allocated, on CPU the process's peak RSS during the timed steps minus its RSS before
 them (model, optimizer state and inputs excluded; activations, gradients, temporaries included). Times are medians over repeated steps after warm-up.
@@ -54,11 +57,10 @@ def reset_peak_rss() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
-def one_config(preset: str, loss: str, batch_size: int, steps: int, precision: str) -> dict:
-    """Runs inside the subprocess: build the model, time `steps` training steps, measure peak memory."""
+def build(preset: str, batch_size: int):
+    """A tiny (or `preset`) SparkModel, its AdamW and one fixed batch, on CUDA if there is one."""
     import torch
 
-    from spark_vlm.losses import clip_loss, filip_loss, sparc_loss
     from spark_vlm.models import SparkConfig, SparkModel
 
     torch.manual_seed(0)
@@ -70,7 +72,17 @@ def one_config(preset: str, loss: str, batch_size: int, steps: int, precision: s
     ids = torch.randint(1, 1000, (batch_size, c.max_text_len), device=device)
     lengths = torch.randint(c.max_text_len // 3, c.max_text_len + 1, (batch_size,), device=device)
     mask = torch.arange(c.max_text_len, device=device)[None] < lengths[:, None]
+    return model, opt, (px, ids, mask), device
 
+
+def make_step(model, opt, batch, loss: str, precision: str, device):
+    """One training step (forward, `loss`, backward, AdamW) on `batch`, as a callable."""
+    import torch
+
+    from spark_vlm.losses import clip_loss, filip_loss, sparc_loss
+
+    px, ids, mask = batch
+    batch_size = len(px)
     options = dict(SPARC_VARIANTS.get(loss, {}))
     negatives = options.pop("negatives", False)
     neg_ids = torch.randint(1, 1000, ids.shape, device=device)
@@ -100,7 +112,15 @@ def one_config(preset: str, loss: str, batch_size: int, steps: int, precision: s
         opt.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.synchronize()
+    return step
 
+
+def one_config(preset: str, loss: str, batch_size: int, steps: int, precision: str) -> dict:
+    """Runs inside the subprocess: build the model, time `steps` training steps, measure peak memory."""
+    import torch
+
+    model, opt, batch, device = build(preset, batch_size)
+    step = make_step(model, opt, batch, loss, precision, device)
     step()  # warm-up; also allocates the optimizer state, which belongs to every loss alike
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -122,6 +142,26 @@ def one_config(preset: str, loss: str, batch_size: int, steps: int, precision: s
             "device": str(device)}
 
 
+def paired(preset: str, losses: list[str], batch_size: int, rounds: int, precision: str) -> dict:
+    """Step time of each loss relative to CLIP's, timed in one process on one model, the losses alternating
+    step for step (the order rotating every round), so that machine drift between configurations cancels:
+    the median over rounds of (loss step / CLIP step in the same round). No memory here."""
+    model, opt, batch, device = build(preset, batch_size)
+    names = ["clip", *[n for n in losses if n != "clip"]]
+    steps = {n: make_step(model, opt, batch, n, precision, device) for n in names}
+    for fn in steps.values():
+        fn()
+    times = {n: [] for n in names}
+    for r in range(rounds):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            t0 = time.perf_counter()
+            steps[n]()
+            times[n].append((time.perf_counter() - t0) * 1000)
+    return {"batch_size": batch_size, "precision": precision, "rounds": rounds,
+            "step_ms": {n: statistics.median(t) for n, t in times.items()},
+            "vs_clip": {n: statistics.median(a / c for a, c in zip(times[n], times["clip"])) for n in names}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="tiny", choices=["tiny", "small", "base"])
@@ -130,6 +170,8 @@ def main() -> None:
                         help=f"default: {' '.join(LOSSES)}; SPARK's fine-loss options: {' '.join(SPARC_VARIANTS)}")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per config (after one warm-up)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--paired", type=int, metavar="ROUNDS",
+                        help="instead: step time vs CLIP's in one process, losses alternating for ROUNDS rounds")
     parser.add_argument("--out", default="benchmarks/results/loss_cost.json")
     parser.add_argument("--_worker", nargs=2, metavar=("LOSS", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -137,6 +179,16 @@ def main() -> None:
     if args._worker:  # inside the subprocess
         loss, batch = args._worker
         print(json.dumps(one_config(args.preset, loss, int(batch), args.steps, args.precision)))
+        return
+
+    if args.paired:
+        rows = [paired(args.preset, args.losses, b, args.paired, args.precision) for b in args.batch_sizes]
+        print("| batch | precision | " + " | ".join(f"{n} ms (vs clip)" for n in rows[0]["step_ms"]) + " |")
+        print("|---:|---|" + "---:|" * len(rows[0]["step_ms"]))
+        for r in rows:
+            print(f"| {r['batch_size']} | {r['precision']} | " + " | ".join(
+                f"{ms:.1f} ({r['vs_clip'][n]:.3f}x)" for n, ms in r["step_ms"].items()) + " |")
+        Path(args.out).write_text(json.dumps({"command": " ".join(["python", *sys.argv]), "paired": rows}, indent=2))
         return
 
     results = []

@@ -710,3 +710,26 @@ def test_two_way_recall_takes_each_direction_from_its_own_similarity():
     out = two_way(retrieval_recall, i2t, t2i, [0, 1])
     assert out["image_to_text_R@1"] == 100.0 and out["text_to_image_R@1"] == 0.0 and out["R@1"] == 50.0
     assert two_way(retrieval_recall, i2t, i2t, [0, 1]) == retrieval_recall(i2t, [0, 1])
+
+
+def test_loss_cost_benchmark_paired_and_per_process_modes(tmp_path):
+    """benchmarks/loss_cost.py: the paired mode times every loss against CLIP's step in one process (CLIP against
+    itself is exactly 1), the default mode one subprocess per (loss, batch) with its memory."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = str(Path(__file__).resolve().parents[1] / "benchmarks/loss_cost.py")
+    out = tmp_path / "paired.json"
+    subprocess.run([sys.executable, script, "--paired", "2", "--batch-sizes", "4", "--losses", "sparc", "clip",
+                    "--out", str(out)], check=True, capture_output=True)
+    (row,) = json.loads(out.read_text())["paired"]
+    assert list(row["step_ms"]) == ["clip", "sparc"] and row["vs_clip"]["clip"] == 1.0
+    assert row["vs_clip"]["sparc"] > 0 and row["rounds"] == 2
+    out = tmp_path / "cost.json"
+    subprocess.run([sys.executable, script, "--batch-sizes", "4", "--losses", "clip", "sparc", "--steps", "1",
+                    "--out", str(out)], check=True, capture_output=True)
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["loss"], r["batch_size"]) for r in rows] == [("clip", 4), ("sparc", 4)]
+    assert all(r["step_ms"] > 0 and "error" not in r for r in rows)
