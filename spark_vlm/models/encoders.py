@@ -1,6 +1,6 @@
 """The two stage-1 towers, trained from scratch: a ViT (patch tokens, no CLS) and a bidirectional text
-Transformer. Both are stacks of the same pre-LN block with scaled dot-product attention (`attention.py`); masks are passed
-explicitly as arguments, never stored on the layers.
+Transformer. Both are stacks of the same pre-LN block with scaled dot-product attention (`attention.py`); masks
+are passed explicitly as arguments, never stored on the layers.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         b, n, w = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
-        # SDPA takes a boolean mask where True = may attend; broadcast it over heads and queries.
+        # A boolean mask where True = may attend (as SDPA's), broadcast over heads and queries.
         attn_mask = None if key_padding_mask is None else key_padding_mask[:, None, None, :]
         out = attention(q, k, v, attn_mask)
         return self.proj(out.transpose(1, 2).reshape(b, n, w))
