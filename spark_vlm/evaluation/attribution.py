@@ -20,10 +20,9 @@ weights alone cannot show.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
+from ..models.attention import attention_weights
 from ..models.gated_xattn import MaskedCrossAttention
 from ..models.perceiver import PerceiverAttention, PerceiverResampler, split_heads
 
@@ -33,10 +32,7 @@ def xattn_weights(module: MaskedCrossAttention, x: torch.Tensor, media, kv=None)
     Rows of tokens before any image (whose update the module zeroes) are zero here too."""
     q = split_heads(module.to_q(module.norm(x)), module.heads)
     k, _ = kv if kv is not None else module.project_kv(media.latents)
-    scores = (q @ k.transpose(-1, -2)).float() / math.sqrt(q.shape[-1])
-    if media.attn_mask is not None:  # None: one image per row, every token may read every latent
-        scores = scores.masked_fill(~media.attn_mask, float("-inf"))
-    weights = scores.softmax(-1)
+    weights = attention_weights(q.float(), k.float(), media.attn_mask)  # mask None: every token reads every latent
     return weights * media.has_media[:, None].to(weights.dtype)
 
 
@@ -47,7 +43,7 @@ def perceiver_weights(module: PerceiverAttention, media: torch.Tensor, latents: 
     q = split_heads(module.to_q(latents), module.heads)
     k, _ = module.to_kv(torch.cat([media, latents], dim=-2)).chunk(2, dim=-1)
     k = split_heads(k, module.heads)
-    return ((q @ k.transpose(-1, -2)).float() / math.sqrt(q.shape[-1])).softmax(-1)
+    return attention_weights(q.float(), k.float())
 
 
 def _recording(module: torch.nn.Module, recompute, into: list):

@@ -21,16 +21,22 @@ import torch.nn.functional as F
 EXPLICIT_MAX_KEYS = 128  # measured crossover: the fused kernel is faster from ~200-250 keys up (bf16, CPU)
 
 
-def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                       attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d) masked) v with the softmax in fp32; q [..., L_q, d], k, v [..., L_k, d]."""
+def attention_weights(q: torch.Tensor, k: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """fp32 weights softmax(q k^T / sqrt(d), masked) [..., L_q, L_k]; q [..., L_q, d], k [..., L_k, d]. A row with
+    no allowed key is all zeros (not NaN). Also what evaluation/attribution.py reads the layers' weights with."""
     scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.transpose(-1, -2)
     if attn_mask is not None:
         scores = scores.masked_fill(~attn_mask, float("-inf"))
     weights = scores.softmax(-1, dtype=torch.float32)
-    if attn_mask is not None:  # rows with no allowed key: 0, not NaN (as SDPA)
+    if attn_mask is not None:
         weights = weights.masked_fill(~attn_mask.any(-1, keepdim=True), 0.0)
-    return weights.to(v.dtype) @ v
+    return weights
+
+
+def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """attention_weights(q, k, mask) v, the weights cast to v's dtype; k, v [..., L_k, d]."""
+    return attention_weights(q, k, attn_mask).to(v.dtype) @ v
 
 
 def uses_explicit(q: torch.Tensor, k: torch.Tensor) -> bool:
