@@ -241,3 +241,15 @@ def test_a_filip_run_is_ranked_by_its_late_interaction(tmp_path, checkpoint):
     assert result["image_to_text_R@5"] == retrieval_recall(i2t, own)["image_to_text_R@5"]
     assert result["text_to_image_R@5"] == retrieval_recall(t2i, own)["text_to_image_R@5"]
     assert retrieval_report(checkpoint, source).result["similarity"] == "global embeddings (cosine)"
+
+
+@pytest.mark.parametrize("batch_size", [0, -1])
+def test_a_batch_size_below_one_is_a_clear_error_not_an_empty_result(batch_size):
+    """range(0, n, -1) is empty: without the check, SugarCrepe indexed an empty embedding array (IndexError, found
+    by test_cli_fuzz with --batch-size -1). Every stage-1 evaluation batches through these two functions."""
+    from spark_vlm.evaluation.stage1_run import image_embeddings, text_embeddings
+
+    with pytest.raises(ValueError, match=f"--batch-size must be >= 1, got {batch_size}"):
+        image_embeddings(None, np.zeros((2, 8, 8, 3), np.uint8), batch_size)
+    with pytest.raises(ValueError, match=f"--batch-size must be >= 1, got {batch_size}"):
+        text_embeddings(None, None, ["a red bus"], batch_size)

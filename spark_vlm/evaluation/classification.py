@@ -13,13 +13,12 @@ from ..data.readers import load_pairs, read_class_folders
 from ..metrics.classification import classification_metrics, zero_shot_classifier
 from .class_prompts import class_names_for, resolve_templates
 from .report import Report, skip_summary
-from .stage1_run import image_embeddings, load_stage1_run, prompt_embeddings
+from .stage1_run import check_batch_size, image_embeddings, load_stage1_run, prompt_embeddings
 
 
 def classification_report(checkpoint, image_dir, templates="imagenet80", class_names_file=None,
                           batch_size: int = 64, strict: bool = False) -> Report:
-    if batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    check_batch_size(batch_size)  # before any loading
     templates, template_set = resolve_templates(templates)
     records, folders = read_class_folders(image_dir)
     if not folders:

@@ -34,15 +34,14 @@ from ..metrics.grounding import (any_object_baseline, mass_in_mask, named_words,
                                 uniform_baseline)
 from .data import builtin_scenes, scene_images
 from .report import Report
-from .stage1_run import device, load_stage1_run, run_objective
+from .stage1_run import device, iter_pixel_batches, load_stage1_run, run_objective
 
 @torch.no_grad()
 def _embed(model, tokenizer, scenes: list[dict], batch_size: int):
     """Patch embeddings [N, P, D] of the images, and per image its captions' token embeddings, masks and pieces."""
     patches, captions = [], []
     images = scene_images(scenes, model.config.image_size)
-    for start in range(0, len(images), batch_size):
-        px = to_pixel_values(torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).to(device()))
+    for _, px in iter_pixel_batches(images, batch_size, "patch embeddings"):
         patches.append(model.patch_embeddings(px).float().cpu())
     for scene in scenes:
         enc = tokenizer(scene["captions"], model.config.max_text_len)

@@ -57,8 +57,15 @@ def run_objective(run_dir) -> str:
         return "unknown"
 
 
+def check_batch_size(batch_size: int) -> None:
+    """A batch size below 1 would make every batching loop here yield nothing (range(0, n, -1) is empty)."""
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+
+
 def iter_pixel_batches(images: np.ndarray, batch_size: int, desc: str):
     """(start index, pixel_values on the model's device) for consecutive batches of uint8 images."""
+    check_batch_size(batch_size)
     for start in tqdm(range(0, len(images), batch_size), desc=desc, total=math.ceil(len(images) / batch_size),
                       leave=False, mininterval=1.0):
         batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size]))
@@ -76,6 +83,7 @@ def image_embeddings(model, images: np.ndarray, batch_size: int = 64, desc: str 
 def text_embeddings(model, tokenizer, texts: list[str], batch_size: int = 256,
                     desc: str = "encode texts") -> torch.Tensor:
     """Normalised global text embeddings [N, D] (float32, CPU); captions longer than max_text_len are cut."""
+    check_batch_size(batch_size)
     out = []
     for start in tqdm(range(0, len(texts), batch_size), desc=desc, leave=False, mininterval=1.0):
         enc = tokenizer(list(texts[start:start + batch_size]), model.config.max_text_len)
