@@ -253,3 +253,13 @@ def test_a_batch_size_below_one_is_a_clear_error_not_an_empty_result(batch_size)
         image_embeddings(None, np.zeros((2, 8, 8, 3), np.uint8), batch_size)
     with pytest.raises(ValueError, match=f"--batch-size must be >= 1, got {batch_size}"):
         text_embeddings(None, None, ["a red bus"], batch_size)
+
+
+def test_stage2_evaluations_refuse_a_batch_size_below_one_before_loading_anything(tmp_path):
+    from spark_vlm.evaluation.captioner import caption_images
+    from spark_vlm.evaluation.pope import pope_report
+
+    with pytest.raises(ValueError, match="--batch-size must be >= 1, got 0"):
+        caption_images(None, None, np.zeros((2, 8, 8, 3), np.uint8), batch_size=0)
+    with pytest.raises(ValueError, match="--batch-size must be >= 1, got -1"):  # the checkpoint is never read
+        pope_report(tmp_path / "no_such_run", str(tmp_path), instances="x.json", batch_size=-1)

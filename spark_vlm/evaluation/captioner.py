@@ -20,7 +20,7 @@ from ..data.images import SkipCounter, to_pixel_values
 from ..data.prompts import FlamingoPrompts
 from ..data.readers import IMAGE_EXTENSIONS, load_pairs
 from ..models.flamingo import SparkFlamingo
-from .report import read_json
+from .report import check_batch_size, read_json
 
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -80,6 +80,7 @@ def caption_images(model: SparkFlamingo, prompts: FlamingoPrompts, images: np.nd
     """uint8 images [N, S, S, 3] -> one caption each: prompt `<image>` (or the few-shot prompt with `shots`),
     stop at `<|endofchunk|>`."""
     captions: list[str] = []
+    check_batch_size(batch_size)
     for start in tqdm(range(0, len(images), batch_size), desc="captioning", disable=not progress):
         rows = shots.rows[start:start + batch_size] if shots else None
         px, ids, mask = _batch(model, prompts, images[start:start + batch_size], rows, shots and shots.images)

@@ -12,8 +12,8 @@ from ..data.images import SkipCounter
 from ..data.readers import load_pairs, read_class_folders
 from ..metrics.classification import classification_metrics, zero_shot_classifier
 from .class_prompts import class_names_for, resolve_templates
-from .report import Report, skip_summary
-from .stage1_run import check_batch_size, image_embeddings, load_stage1_run, prompt_embeddings
+from .report import Report, check_batch_size, skip_summary
+from .stage1_run import image_embeddings, load_stage1_run, prompt_embeddings
 
 
 def classification_report(checkpoint, image_dir, templates="imagenet80", class_names_file=None,

@@ -30,7 +30,7 @@ from ..data.coco_json import coco_entries
 from ..metrics.pope import SETTINGS, parse_yes_no, pope_scores, sample_pope_questions, select_pope_images
 from .captioner import load_captioner
 from .pope_statements import answer_by_statements, resolve_templates
-from .report import Report, read_json, skip_summary
+from .report import Report, check_batch_size, read_json, skip_summary
 
 ANSWER_MODES = ("likelihood", "generate", "statement")  # statement: pope_statements.py, not POPE's prompt
 QUESTION_OBJECT = re.compile(r"^Is there an? (.+?) in the im\w*\?$")  # POPE's question ("imange" typo included)
@@ -163,6 +163,7 @@ def pope_report(checkpoint, image_dir: str, instances: str | None = None, questi
     preset names and/or templates with "{object}") and `shots` is not used."""
     if answer not in ANSWER_MODES:
         raise ValueError(f"unknown POPE answer mode {answer!r}; choose from {list(ANSWER_MODES)}")
+    check_batch_size(batch_size)
     templates = resolve_templates(statements)
     if bool(instances) == bool(question_files):
         raise ValueError("give either --instances (questions sampled as POPE does) or --questions (POPE's files)")

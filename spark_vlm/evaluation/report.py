@@ -36,6 +36,13 @@ def read_json(path, what: str):
         raise ValueError(f"{what} file {path} is not UTF-8 text: {e.reason} at byte {e.start}") from e
 
 
+def check_batch_size(batch_size: int) -> None:
+    """Every evaluation batches with range(0, n, batch_size): below 1 it would yield nothing (an empty result, or an
+    IndexError further on) instead of saying what is wrong."""
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+
+
 def skip_summary(counter: SkipCounter | None) -> dict:
     """{"total": n, "by_reason": {...}} of the images skipped as unreadable (zero when nothing could go wrong)."""
     if counter is None:

@@ -19,6 +19,7 @@ from ..data.images import to_pixel_values
 from ..data.tokenizer import CaptionTokenizer
 from ..losses import filip_similarity_chunked
 from ..models.dual_encoder import SparkModel
+from .report import check_batch_size
 
 # CLIP's 7-template subset, chosen on ImageNet by the CLIP authors (openai/CLIP, notebooks/
 # Prompt_Engineering_for_ImageNet.ipynb): a small, standard zero-shot ensemble.
@@ -55,12 +56,6 @@ def run_objective(run_dir) -> str:
             return str((yaml.safe_load(f) or {}).get("loss", "unknown"))
     except (OSError, yaml.YAMLError):
         return "unknown"
-
-
-def check_batch_size(batch_size: int) -> None:
-    """A batch size below 1 would make every batching loop here yield nothing (range(0, n, -1) is empty)."""
-    if batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
 
 
 def iter_pixel_batches(images: np.ndarray, batch_size: int, desc: str):
