@@ -62,7 +62,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = [case(n, dt, args.repeats) for dt in (torch.float32, torch.bfloat16) for n in args.lengths]
-    head = "| keys | dtype | SDPA fwd / fwd+bwd ms | explicit fwd / fwd+bwd ms | SDPA / explicit time (fwd+bwd) | attention() uses |"
+    head = ("| keys | dtype | SDPA fwd / fwd+bwd ms | explicit fwd / fwd+bwd ms | SDPA / explicit time (fwd+bwd) "
+            "| attention() uses |")
     lines = [head, "|---:|---|---:|---:|---:|---|"]
     for r in rows:
         lines.append(f"| {r['keys']} | {r['dtype']} | {r['sdpa fwd ms']:.2f} / {r['sdpa fwd+bwd ms']:.2f} | "

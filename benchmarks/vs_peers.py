@@ -76,7 +76,8 @@ def train_step(model, opt, loss_fn, precision: str):
     return step
 
 
-def stage1_cases(rounds: int, batch: int, precisions: list[str], losses: list[str], compile: bool = False) -> list[dict]:
+def stage1_cases(rounds: int, batch: int, precisions: list[str], losses: list[str],
+                 compile: bool = False) -> list[dict]:
     import torch
 
     import peer_models as pm
@@ -119,10 +120,12 @@ def stage1_cases(rounds: int, batch: int, precisions: list[str], losses: list[st
     for loss in losses:
         for precision in precisions:
             res = timed_rounds({"spark-vlm": train_step(ours, opt_o, our_loss(loss), precision),
-                                "open_clip": train_step(theirs, opt_t, lambda: pm.peer_loss(run_theirs(px, ids, mask), loss),
+                                "open_clip": train_step(theirs, opt_t,
+                                                        lambda: pm.peer_loss(run_theirs(px, ids, mask), loss),
                                                         precision)}, batch, rounds)
-            rows.append(dict(case=f"stage 1 {loss} {precision}{' compiled' if compile else ''}", unit="samples/s", ours=res["spark-vlm"],
-                             peer_name="open_clip", peer=res["open_clip"], flops_per_sample=flops_per_sample(ours)))
+            case = f"stage 1 {loss} {precision}" + (" compiled" if compile else "")
+            rows.append(dict(case=case, unit="samples/s", ours=res["spark-vlm"], peer_name="open_clip",
+                             peer=res["open_clip"], flops_per_sample=flops_per_sample(ours)))
             print(f"  {rows[-1]['case']}: {res}", flush=True)
     return rows
 

@@ -15,11 +15,11 @@ from spark_vlm.models.perceiver import PerceiverResampler
 def loop_attention(q, k, v, mask=None):
     """One (batch, head, query) at a time in float64: softmax over the allowed keys, zeros if there are none."""
     out = torch.zeros(*q.shape[:-1], v.shape[-1], dtype=torch.float64)
+    full_mask = None if mask is None else mask.expand(*q.shape[:-1], k.shape[2])
     for b in range(q.shape[0]):
         for h in range(q.shape[1]):
             for i in range(q.shape[2]):
-                allowed = [j for j in range(k.shape[2])
-                           if mask is None or bool(mask.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])[b, h, i, j])]
+                allowed = [j for j in range(k.shape[2]) if mask is None or bool(full_mask[b, h, i, j])]
                 if not allowed:
                     continue
                 s = torch.stack([q[b, h, i].double() @ k[b, h, j].double() for j in allowed]) / math.sqrt(q.shape[-1])
@@ -46,8 +46,8 @@ def test_explicit_attention_matches_a_per_query_loop_with_and_without_a_mask():
         torch.testing.assert_close(got.double(), loop_attention(q, k, v, m), rtol=1e-5, atol=1e-6)
     assert explicit_attention(q, k, v, mask)[0, :, 2].abs().max() == 0
     # SDPA follows the same conventions (the fused path of `attention`).
-    torch.testing.assert_close(explicit_attention(q, k, v, mask), F.scaled_dot_product_attention(q, k, v, attn_mask=mask),
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(explicit_attention(q, k, v, mask),
+                               F.scaled_dot_product_attention(q, k, v, attn_mask=mask), rtol=1e-5, atol=1e-6)
 
 
 def test_explicit_attention_gradients_match_sdpa():

@@ -2,11 +2,11 @@
 
 `F.scaled_dot_product_attention` picks a fused kernel. On CPU in bf16/fp16 and at our sequence lengths the fused
 (flash) kernel is the slow choice: for 32-128 keys its forward + backward take 2-5x as long as the same attention
-written as three plain ops; from ~250 keys up the fused kernel wins (`python benchmarks/attention_kernels.py`). In
-fp32 the gap is at most 1.5x and SDPA is kept, so an fp32 call is exactly SDPA's. So reduced precision on CPU with at most `EXPLICIT_MAX_KEYS` keys is
-written out, the standard non-fused recipe (Hugging Face's eager attention): scores q k^T / sqrt(d) in the
-input dtype (fp32 accumulation inside the matmul), softmax in fp32, weights cast back, times v. Everything else
-(fp32 anywhere, CUDA, long sequences) calls SDPA exactly as a direct call would.
+written as three plain ops; from ~250 keys up the fused kernel wins (`python benchmarks/attention_kernels.py`).
+So reduced precision on CPU with at most `EXPLICIT_MAX_KEYS` keys is written out, the standard non-fused recipe
+(Hugging Face's eager attention): scores q k^T / sqrt(d) in the input dtype (fp32 accumulation inside the matmul),
+softmax in fp32, weights cast back, times v. Everything else (fp32 anywhere, where the gap is at most 1.5x; CUDA;
+long sequences) calls SDPA exactly as a direct call would, so those numbers do not change.
 
 Masks are boolean, True = may attend, broadcastable to [..., L_q, L_k], as SDPA's. A query row that may attend to
 nothing gets an all-zero output on both paths (SDPA's convention on CPU).
