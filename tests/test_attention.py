@@ -86,6 +86,22 @@ def test_reduced_precision_on_cpu_is_written_out_and_as_accurate_as_sdpa():
     assert err_ours < 0.05 and err_ours <= 1.5 * err_sdpa + 1e-3, (err_ours, err_sdpa)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reduced_precision_softmax_equals_an_fp32_softmax_cast_back(dtype):
+    """The written-out path calls the softmax in the input dtype (its backward is faster); torch's CPU kernel
+    computes it in fp32 and rounds once, so the weights must be exactly those of an fp32 softmax cast back."""
+    from spark_vlm.models.attention import attention_weights
+
+    q, k, v = qkv(shape_q=(4, 8, 64, 64), keys=128, dtype=dtype, seed=5)
+    mask = torch.rand(4, 1, 64, 128, generator=torch.Generator().manual_seed(1)) > 0.3
+    mask[0, :, 3] = False  # a row with no allowed key: zeros on both
+    for m in (None, mask):
+        fast = attention_weights(q, k, m, dtype=dtype)
+        assert fast.dtype == dtype
+        assert torch.equal(fast, attention_weights(q, k, m).to(dtype))
+        assert torch.equal(explicit_attention(q, k, v, m), attention_weights(q, k, m).to(dtype) @ v)
+
+
 def slow_perceiver(model: PerceiverResampler, features: torch.Tensor) -> torch.Tensor:
     """The resampler one image at a time, every attention through `loop_attention` (float64 weights)."""
     out = torch.empty(*features.shape[:2], model.num_latents, model.latents.shape[1], dtype=torch.float64)
