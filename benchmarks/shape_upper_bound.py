@@ -8,6 +8,8 @@ budget or the architecture is the bottleneck, not the contrastive objective.
 
     python benchmarks/shape_upper_bound.py --architecture runs/stage1 --stem patch --out shape_bound_patch.json
     python benchmarks/shape_upper_bound.py --architecture runs/stage1 --stem conv --out shape_bound_conv.json
+    python benchmarks/shape_upper_bound.py --architecture runs/stage1 --stem conv --steps 2000 --lr 1e-3 \
+        --out bound.json --save runs/stage1_supervised     # a backbone that sees shape, for stage 2
 
 `--stem conv` builds the tower with `vision_stem=conv` (the model option: 3x3 stride-2 convolutions with group norm
 and ReLU, then a 1x1 convolution to the width, in place of the 8x8 patchify; "Early convolutions help transformers
@@ -18,7 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -69,6 +73,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--probe-test", type=int, default=500, help="test scenes the probes are scored on")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="JSON to write")
+    parser.add_argument("--save", help="also save the trained model here as a stage-1 run directory (its text tower "
+                        "untrained), e.g. as stage 2's vision_checkpoint=")
     args = parser.parse_args(argv)
 
     torch.manual_seed(args.seed)
@@ -95,6 +101,9 @@ def main(argv=None) -> dict:
               "probe": probe_scores(features(train), train, features(test), test, config.patch_size)}
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
+    if args.save:
+        model.save_pretrained(args.save)
+        shutil.copy(Path(args.architecture, "tokenizer.model"), args.save)
     print(json.dumps(result["probe"]))
     return result
 
