@@ -26,6 +26,8 @@ __all__ = [
     "sparc_fine_grained_loss",
     "sparc_loss",
     "gather_with_grad",
+    "caption_word_idf",
+    "caption_word_loss",
 ]
 
 
@@ -313,3 +315,40 @@ def sparc_loss(
         "global_loss": global_loss,
         "fine_loss": fine_loss,
     }
+
+
+# --------------------------------------------------------------------------------------------- caption words
+# Not part of SPARC: an auxiliary loss in the manner of SuperClass (Huang et al. 2024, "Classification done right for
+# vision-language pre-training"). The image must name the words of its captions from its mean patch feature alone,
+# one softmax over the vocabulary against the IDF-weighted bag of token ids of *all* the image's captions (with one
+# drawn caption, as SuperClass does on web data, a shape is named in only some of a scene's captions: measured in
+# the README). Unlike the contrastive losses it cannot be won by telling the batch's images apart on colour or
+# count. Per-example and without batch negatives, it needs no communication between processes.
+def caption_word_idf(input_ids: torch.Tensor, attention_mask: torch.Tensor, vocab_size: int,
+                     ignore_ids: tuple[int, ...] = ()) -> torch.Tensor:
+    """Smoothed inverse document frequency of every token id over a caption corpus [N, L] (each caption one
+    document): log((1 + N) / (1 + df)) + 1, with `ignore_ids` (padding, start/end tokens) set to 0 so that no
+    caption is rewarded for them. Memory O(tokens), not O(N * vocab)."""
+    real = attention_mask.bool()
+    caption = torch.arange(input_ids.shape[0])[:, None].expand_as(input_ids)[real]
+    pairs = torch.unique(caption * vocab_size + input_ids[real].long())  # each (caption, id) once
+    df = torch.bincount(pairs % vocab_size, minlength=vocab_size).double()
+    idf = (torch.log((1.0 + input_ids.shape[0]) / (1.0 + df)) + 1.0).float()
+    idf[list(ignore_ids)] = 0.0
+    return idf
+
+
+def caption_word_loss(word_logits: torch.Tensor, word_ids: torch.Tensor, idf: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of softmax(word_logits) [B, V] against each image's bag of words: `word_ids` [B, K] holds the
+    distinct token ids of the image's captions, -1 padded (data.pairs.image_word_ids); they are weighted by `idf`
+    [V] and normalised to sum 1. Images with no weighted word are left out."""
+    ids = word_ids.to(word_logits.device).long()
+    counts = torch.zeros(word_logits.shape, device=word_logits.device)
+    counts.scatter_add_(1, ids.clamp_min(0), (ids >= 0).float())  # -1 padding adds 0
+    with torch.autocast(device_type=word_logits.device.type, enabled=False):
+        target = (counts > 0).float() * idf.to(word_logits.device).float()
+        mass = target.sum(dim=1, keepdim=True)
+        target = target / mass.clamp_min(1e-12)
+        nll = -(target * word_logits.float().log_softmax(dim=-1)).sum(dim=1)
+        has_words = (mass.squeeze(1) > 0).float()
+        return (nll * has_words).sum() / has_words.sum().clamp_min(1.0)

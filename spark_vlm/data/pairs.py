@@ -15,11 +15,31 @@ import torch
 from .webdataset_reader import WebDatasetPairs
 
 
+def image_word_ids(input_ids: torch.Tensor, attention_mask: torch.Tensor, caption_image: np.ndarray,
+                   num_images: int) -> torch.Tensor:
+    """[num_images, K] long: the distinct token ids at the real positions of each image's captions (row i of
+    `input_ids` belongs to image caption_image[i]), sorted, -1 padded to the longest bag. The caption-word loss's
+    targets (losses.caption_word_loss); memory O(tokens), not O(images * vocabulary)."""
+    real = attention_mask.bool()
+    image = torch.as_tensor(caption_image, dtype=torch.long)[:, None].expand_as(input_ids)[real]
+    ids = input_ids[real].long()
+    vocab = int(ids.max()) + 1 if len(ids) else 1
+    pairs = torch.unique(image * vocab + ids)  # sorted: by image, then by id
+    rows, words = pairs // vocab, pairs % vocab
+    counts = torch.bincount(rows, minlength=num_images)
+    out = torch.full((num_images, int(counts.max()) if num_images else 0), -1, dtype=torch.long)
+    starts = torch.cumsum(counts, 0) - counts
+    out[rows, torch.arange(len(pairs)) - starts[rows]] = words
+    return out
+
+
 class CaptionedImages(torch.utils.data.Dataset):
-    """In-memory image-caption pairs. `images` uint8 [N, H, W, 3]; `captions` N lists of >= 1 strings."""
+    """In-memory image-caption pairs. `images` uint8 [N, H, W, 3]; `captions` N lists of >= 1 strings.
+    With `word_ids=True` each item also carries "word_ids", the image's bag of caption words (image_word_ids)."""
 
     def __init__(self, images: np.ndarray, captions: list[list[str]], image_ids: list[int],
-                 tokenizer, max_len: int, seed: int = 0, negatives: list[list[str | None]] | None = None):
+                 tokenizer, max_len: int, seed: int = 0, negatives: list[list[str | None]] | None = None,
+                 word_ids: bool = False):
         if len(images) != len(captions) or len(images) != len(image_ids):
             raise ValueError(f"{len(images)} images but {len(captions)} caption lists / {len(image_ids)} ids")
         self.images = torch.from_numpy(np.ascontiguousarray(images))
@@ -44,6 +64,8 @@ class CaptionedImages(torch.utils.data.Dataset):
             self.text["neg_input_ids"], self.text["neg_attention_mask"] = neg["input_ids"], neg["attention_mask"]
             self.text["has_negative"] = torch.tensor([n is not None for n in flat_neg])
         self.caption_image = np.repeat(np.arange(len(captions)), [len(c) for c in captions])
+        self.word_ids = (image_word_ids(self.input_ids, self.attention_mask, self.caption_image, len(captions))
+                         if word_ids else None)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -58,8 +80,11 @@ class CaptionedImages(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         j = self.caption_index(i)
-        return {"images": self.images[i], **{name: values[j] for name, values in self.text.items()},
+        item = {"images": self.images[i], **{name: values[j] for name, values in self.text.items()},
                 "ids": self.image_ids[i]}  # named in the log if this sample's update is skipped
+        if self.word_ids is not None:
+            item["word_ids"] = self.word_ids[i]
+        return item
 
 
 class StreamingPairs(torch.utils.data.IterableDataset):

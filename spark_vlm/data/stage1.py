@@ -101,10 +101,12 @@ def tokenizer_corpus(d, train, limit: int = 200_000) -> list[str]:
     return corpus
 
 
-def build_stage1_data(d, accelerator, max_len: int, image_size: int, seed: int, hard_negatives: str = "none"):
+def build_stage1_data(d, accelerator, max_len: int, image_size: int, seed: int, hard_negatives: str = "none",
+                      word_ids: bool = False):
     """`data` section -> (train dataset, held-out CaptionedImages, tokenizer). Rank 0 fills the caches first.
     `hard_negatives="shape_swap"` (built-in scenes only) gives every training caption a shape-swapped false
-    caption (data/hard_negatives.py), as `neg_input_ids` / `neg_attention_mask` / `has_negative`.
+    caption (data/hard_negatives.py), as `neg_input_ids` / `neg_attention_mask` / `has_negative`; `word_ids`
+    gives every training image its bag of caption words (the caption-word loss; in-memory kinds only).
 
     In-memory kinds give a map-style CaptionedImages; webdataset gives a StreamingPairs that shards itself
     over ranks and workers (so it is not passed through `accelerator.prepare`)."""
@@ -123,6 +125,7 @@ def build_stage1_data(d, accelerator, max_len: int, image_size: int, seed: int, 
             scenes = cached_scenes("train", d.num_train, image_size, d.min_objects, d.max_objects, d.seed, d.cache_dir)
             negatives = scene_negatives([scenes.meta(i) for i in range(len(scenes))],
                                         scenes.config.relation_margin * image_size, seed)
-        train = CaptionedImages(*train_arrays, tokenizer=tokenizer, max_len=max_len, seed=seed, negatives=negatives)
+        train = CaptionedImages(*train_arrays, tokenizer=tokenizer, max_len=max_len, seed=seed, negatives=negatives,
+                                word_ids=word_ids)
     val = CaptionedImages(*val_arrays, tokenizer=tokenizer, max_len=max_len, seed=seed)
     return train, val, tokenizer

@@ -6,6 +6,8 @@ As in SPARC (Bica et al. 2024; specified in docs/sparc_method.md):
   image_embeds  v̄   = g_v(h_v(mean_p f_v(x)_p))          [B, D]    mean pooling, never a CLS token
   text_embeds   t̄   = g_t(mean over real tokens f_t(y)) [B, D]
   logit_scale   = exp(log_logit_scale), initialised at 1/0.07 and clamped at 100, shared by both losses.
+  word_logits   = word_head(mean_p f_v(x)_p)           [B, vocab] only with caption_word_head (a deviation from the
+                  paper for the caption-word loss, losses.caption_word_loss; absent by default)
 """
 from __future__ import annotations
 
@@ -56,6 +58,7 @@ class SparkConfig(PretrainedConfig):
         initializer_range: float = 0.02,
         pad_token_id: int = 0,
         vision_stem: Literal["patch", "conv"] = "patch",
+        caption_word_head: bool = False,
         **kwargs,
     ):
         self.image_size = image_size
@@ -74,6 +77,9 @@ class SparkConfig(PretrainedConfig):
         self.max_logit_scale = max_logit_scale
         self.initializer_range = initializer_range
         self.vision_stem = vision_stem  # "patch": the ViT's patchify; "conv": early convolutions (encoders.conv_stem)
+        # A linear classifier from the mean patch feature to the vocabulary, trained by the caption-word loss
+        # (SuperClass-style; stage-1 option lambda_words). Off by default: the paper's model has none.
+        self.caption_word_head = caption_word_head
         super().__init__(pad_token_id=pad_token_id, **kwargs)
 
     @classmethod
@@ -95,6 +101,7 @@ class SparkOutput(ModelOutput):
     token_embeds: torch.Tensor | None = None  # [B, L, D]
     token_mask: torch.Tensor | None = None  # [B, L] bool
     logit_scale: torch.Tensor | None = None  # 0-dim, 1/tau
+    word_logits: torch.Tensor | None = None  # [B, vocab], only with config.caption_word_head
 
 
 class SparkModel(PreTrainedModel):
@@ -117,6 +124,7 @@ class SparkModel(PreTrainedModel):
         self.text_proj = nn.Linear(c.text_width, c.embed_dim)  # g_t
         # Shape [1], not 0-dim: DeepSpeed broadcasts parameters viewed as bytes, which a 0-dim bf16 tensor refuses.
         self.log_logit_scale = nn.Parameter(torch.full((1,), math.log(c.init_logit_scale)))
+        self.word_head = nn.Linear(c.vision_width, c.vocab_size) if c.caption_word_head else None
         self.post_init()
 
     def _init_weights(self, module):
@@ -169,6 +177,7 @@ class SparkModel(PreTrainedModel):
             token_embeds=self.text_proj(txt),
             token_mask=mask,
             logit_scale=self.logit_scale,
+            word_logits=None if self.word_head is None else self.word_head(img.mean(dim=1)),
         )
 
     def encode_image(self, pixel_values: torch.Tensor, normalize: bool = True) -> torch.Tensor:

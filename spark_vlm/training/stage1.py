@@ -19,7 +19,7 @@ import torch
 from ..data.content_tokens import FunctionTokens
 from ..data.images import to_pixel_values
 from ..data.stage1 import build_stage1_data
-from ..losses import clip_loss, filip_loss, sparc_loss
+from ..losses import caption_word_idf, caption_word_loss, clip_loss, filip_loss, sparc_loss
 from ..models import SparkModel
 from .run import Stage
 from .stage1_config import Stage1Config
@@ -27,10 +27,22 @@ from .stage1_eval import GROUNDING_SCENES, evaluate_stage1, grounding_set, held_
 from .throughput import transformer_train_flops
 
 
-def stage1_loss(cfg: Stage1Config, model, batch: dict, function_tokens: FunctionTokens | None = None
-                ) -> dict[str, torch.Tensor]:
-    """One micro-batch through the model and the configured objective (`function_tokens` is needed with
-    fine_content_tokens_only)."""
+def stage1_loss(cfg: Stage1Config, model, batch: dict, function_tokens: FunctionTokens | None = None,
+                word_idf: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """One micro-batch through the model and the configured objective, plus lambda_words times the caption-word
+    loss when it is on (`function_tokens` is needed with fine_content_tokens_only, `word_idf` with lambda_words)."""
+    losses = _contrastive_loss(cfg, model, batch, function_tokens)
+    if cfg.lambda_words:
+        out = losses.pop("_out")
+        losses["word_loss"] = caption_word_loss(out.word_logits, batch["word_ids"], word_idf)
+        losses["loss"] = losses["loss"] + cfg.lambda_words * losses["word_loss"]
+    losses.pop("_out", None)
+    return losses
+
+
+def _contrastive_loss(cfg: Stage1Config, model, batch: dict, function_tokens: FunctionTokens | None
+                      ) -> dict[str, torch.Tensor]:
+    """The configured contrastive objective; "_out" holds the model's output for the caption-word loss."""
     device = next(model.parameters()).device
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}  # no-op for prepared loaders
     px = to_pixel_values(batch["images"])
@@ -46,17 +58,17 @@ def stage1_loss(cfg: Stage1Config, model, batch: dict, function_tokens: Function
     else:
         out = model(px, batch["input_ids"], batch["attention_mask"])
     if cfg.loss == "clip":
-        return {"loss": clip_loss(out.image_embeds, out.text_embeds, out.logit_scale, **negatives)}
+        return {"loss": clip_loss(out.image_embeds, out.text_embeds, out.logit_scale, **negatives), "_out": out}
     if cfg.loss == "filip":
-        return {"loss": filip_loss(out.patch_embeds, out.token_embeds, out.token_mask, out.logit_scale)}
+        return {"loss": filip_loss(out.patch_embeds, out.token_embeds, out.token_mask, out.logit_scale), "_out": out}
     fine_mask = None
     if cfg.fine_content_tokens_only:
         fine_mask = out.token_mask & function_tokens.content_mask(batch["input_ids"], batch["attention_mask"])
-    return sparc_loss(out.image_embeds, out.text_embeds, out.patch_embeds, out.token_embeds, out.token_mask,
-                      out.logit_scale, lambda_global=cfg.lambda_global, lambda_fine=cfg.lambda_fine,
-                      fine_mask=fine_mask, cross_images=cfg.fine_cross_images,
-                      centre_positions=cfg.fine_centre_positions, threshold=cfg.fine_threshold,
-                      weights=cfg.fine_weights, **negatives)
+    return {**sparc_loss(out.image_embeds, out.text_embeds, out.patch_embeds, out.token_embeds, out.token_mask,
+                         out.logit_scale, lambda_global=cfg.lambda_global, lambda_fine=cfg.lambda_fine,
+                         fine_mask=fine_mask, cross_images=cfg.fine_cross_images,
+                         centre_positions=cfg.fine_centre_positions, threshold=cfg.fine_threshold,
+                         weights=cfg.fine_weights, **negatives), "_out": out}
 
 
 def flops_per_sample(model: SparkModel) -> float:
@@ -95,9 +107,10 @@ def build_stage1(cfg: Stage1Config, accelerator) -> Stage:
     """Data, model and hooks of stage 1 for the shared run (`run.train`)."""
     arch = cfg.model.spark_config()
     train_data, val_data, tokenizer = build_stage1_data(cfg.data, accelerator, arch.max_text_len, arch.image_size,
-                                                        cfg.train.seed, cfg.hard_negatives)
+                                                        cfg.train.seed, cfg.hard_negatives, cfg.lambda_words > 0)
     truth = held_out_truth(cfg.data, arch.image_size)  # the scenes' ground truth, parsed once for every eval
-    model = SparkModel(cfg.model.spark_config(vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_id))
+    model = SparkModel(cfg.model.spark_config(vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_id,
+                                              caption_word_head=cfg.lambda_words > 0))
     n_params = sum(p.numel() for p in model.parameters())
     n_train = len(train_data) if hasattr(train_data, "__len__") else "streamed"
     accelerator.print(f"SparkModel ({cfg.model.preset}): {n_params / 1e6:.2f}M parameters, loss={cfg.loss}, "
@@ -106,6 +119,9 @@ def build_stage1(cfg: Stage1Config, accelerator) -> Stage:
                       f"{accelerator.num_processes} process(es)")
     run_dir = Path(cfg.train.output_dir)
     function_tokens = FunctionTokens(tokenizer) if cfg.fine_content_tokens_only else None
+    # The caption-word loss's IDF over every training caption (each caption one document).
+    word_idf = None if not cfg.lambda_words else caption_word_idf(
+        train_data.input_ids, train_data.attention_mask, tokenizer.vocab_size, (tokenizer.pad_id,))
     grounding = grounding_set(cfg.data, val_data, tokenizer, arch.image_size, arch.patch_size)
 
     def summary(step: int, result: dict) -> str:
@@ -134,7 +150,7 @@ def build_stage1(cfg: Stage1Config, accelerator) -> Stage:
     return Stage(
         model=model,
         train_data=train_data,
-        loss=lambda m, batch: stage1_loss(cfg, m, batch, function_tokens),
+        loss=lambda m, batch: stage1_loss(cfg, m, batch, function_tokens, word_idf),
         evaluate=lambda m: evaluate_stage1(m, val_data, accelerator.device, truth=truth, grounding=grounding,
                                            late_interaction=cfg.loss == "filip"),
         flops_per_sample=flops_per_sample(model),

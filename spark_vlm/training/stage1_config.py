@@ -11,10 +11,11 @@ from .config import check, kwargs_fields
 from .sections import OptimConfig, SceneDataFields, TrainConfig
 
 # The `model` section is `preset` plus SparkConfig's keyword arguments (vocabulary and padding id come from the
-# tokenizer). A key left null keeps the preset's value, or SparkConfig's default where the preset does not set it.
+# tokenizer; the word head follows lambda_words). A key left null keeps the preset's value, or SparkConfig's default
+# where the preset does not set it.
+_FROM_ELSEWHERE = ("vocab_size", "pad_token_id", "caption_word_head")
 _SparkKwargs = make_dataclass("_SparkKwargs", [("preset", Literal[tuple(PRESETS)], "tiny"),
-                                               *kwargs_fields(SparkConfig, skip=("vocab_size", "pad_token_id"),
-                                                              optional=True)])
+                                               *kwargs_fields(SparkConfig, skip=_FROM_ELSEWHERE, optional=True)])
 
 
 @dataclass
@@ -82,6 +83,10 @@ class Stage1Config:
     # NegCLIP-style hard negatives for the global loss (data/hard_negatives.py; built-in scenes only): "shape_swap"
     # gives each caption a false twin with one shape word swapped, so the images must be told apart by shape.
     hard_negatives: Literal["none", "shape_swap"] = "none"
+    # Caption-word loss (SuperClass-style, losses.caption_word_loss; a deviation from the paper, 0 = off): a linear
+    # head on the mean patch feature names the words of all the image's captions (IDF-weighted), so the pixels must
+    # tell which words, shape names included, they hold. Needs the captions up front (not data.kind=webdataset).
+    lambda_words: float = 0.0
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -90,6 +95,10 @@ class Stage1Config:
     def validate(self, prefix: str = "") -> None:
         check(self.lambda_global >= 0, "lambda_global", f"must be >= 0, got {self.lambda_global}")
         check(self.lambda_fine >= 0, "lambda_fine", f"must be >= 0, got {self.lambda_fine}")
+        check(self.lambda_words >= 0, "lambda_words", f"must be >= 0, got {self.lambda_words}")
+        check(self.lambda_words == 0 or self.data.kind != "webdataset", "lambda_words",
+              "the caption-word loss needs the training captions' word frequencies up front; data.kind=webdataset "
+              "streams them")
         check(self.lambda_global + self.lambda_fine > 0, "lambda_fine", "lambda_global and lambda_fine are both 0")
         check(self.train.batch_size > 1, "train.batch_size", "contrastive losses need a batch of at least 2")
         if self.data.kind == "scenes":  # real data is counted when it is read (run.py)
