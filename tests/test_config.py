@@ -15,7 +15,7 @@ def test_tiny_yaml_equals_the_defaults():
     assert to_dict(load_config(Stage1Config, REPO / "configs" / "stage1_tiny.yaml")) == to_dict(Stage1Config())
 
 
-@pytest.mark.parametrize("name", ["stage1_tiny.yaml", "stage1_small.yaml", "stage1_base.yaml"])
+@pytest.mark.parametrize("name", ["stage1_tiny.yaml", "stage1_small.yaml", "stage1_base.yaml", "stage1_words.yaml"])
 def test_shipped_configs_validate(name):
     load_config(Stage1Config, REPO / "configs" / name)
 
