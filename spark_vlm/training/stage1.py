@@ -31,44 +31,45 @@ def stage1_loss(cfg: Stage1Config, model, batch: dict, function_tokens: Function
                 word_idf: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """One micro-batch through the model and the configured objective, plus lambda_words times the caption-word
     loss when it is on (`function_tokens` is needed with fine_content_tokens_only, `word_idf` with lambda_words)."""
-    losses = _contrastive_loss(cfg, model, batch, function_tokens)
+    device = next(model.parameters()).device
+    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}  # no-op for prepared loaders
+    out, negatives = _forward(cfg, model, batch)
+    losses = _contrastive_loss(cfg, out, batch, negatives, function_tokens)
     if cfg.lambda_words:
-        out = losses.pop("_out")
         losses["word_loss"] = caption_word_loss(out.word_logits, batch["word_ids"], word_idf)
         losses["loss"] = losses["loss"] + cfg.lambda_words * losses["word_loss"]
-    losses.pop("_out", None)
     return losses
 
 
-def _contrastive_loss(cfg: Stage1Config, model, batch: dict, function_tokens: FunctionTokens | None
-                      ) -> dict[str, torch.Tensor]:
-    """The configured contrastive objective; "_out" holds the model's output for the caption-word loss."""
-    device = next(model.parameters()).device
-    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}  # no-op for prepared loaders
+def _forward(cfg: Stage1Config, model, batch: dict) -> tuple:
+    """The model's output for the batch's true captions, and the hard-negative arguments of the global loss."""
     px = to_pixel_values(batch["images"])
-    negatives = {}
-    if cfg.hard_negatives != "none":
-        # The negative captions ride in the same forward as extra text rows (one call through the wrapped model).
-        b = batch["input_ids"].shape[0]
-        out = model(px, torch.cat([batch["input_ids"], batch["neg_input_ids"]]),
-                    torch.cat([batch["attention_mask"], batch["neg_attention_mask"]]))
-        negatives = {"negative_text_embeds": out.text_embeds[b:], "has_negative": batch["has_negative"]}
-        out = replace(out, text_embeds=out.text_embeds[:b], token_embeds=out.token_embeds[:b],
-                      token_mask=out.token_mask[:b])
-    else:
-        out = model(px, batch["input_ids"], batch["attention_mask"])
+    if cfg.hard_negatives == "none":
+        return model(px, batch["input_ids"], batch["attention_mask"]), {}
+    # The negative captions ride in the same forward as extra text rows (one call through the wrapped model).
+    b = batch["input_ids"].shape[0]
+    out = model(px, torch.cat([batch["input_ids"], batch["neg_input_ids"]]),
+                torch.cat([batch["attention_mask"], batch["neg_attention_mask"]]))
+    negatives = {"negative_text_embeds": out.text_embeds[b:], "has_negative": batch["has_negative"]}
+    return replace(out, text_embeds=out.text_embeds[:b], token_embeds=out.token_embeds[:b],
+                   token_mask=out.token_mask[:b]), negatives
+
+
+def _contrastive_loss(cfg: Stage1Config, out, batch: dict, negatives: dict,
+                      function_tokens: FunctionTokens | None) -> dict[str, torch.Tensor]:
+    """The configured contrastive objective (clip, filip or sparc) on the model's output."""
     if cfg.loss == "clip":
-        return {"loss": clip_loss(out.image_embeds, out.text_embeds, out.logit_scale, **negatives), "_out": out}
+        return {"loss": clip_loss(out.image_embeds, out.text_embeds, out.logit_scale, **negatives)}
     if cfg.loss == "filip":
-        return {"loss": filip_loss(out.patch_embeds, out.token_embeds, out.token_mask, out.logit_scale), "_out": out}
+        return {"loss": filip_loss(out.patch_embeds, out.token_embeds, out.token_mask, out.logit_scale)}
     fine_mask = None
     if cfg.fine_content_tokens_only:
         fine_mask = out.token_mask & function_tokens.content_mask(batch["input_ids"], batch["attention_mask"])
-    return {**sparc_loss(out.image_embeds, out.text_embeds, out.patch_embeds, out.token_embeds, out.token_mask,
-                         out.logit_scale, lambda_global=cfg.lambda_global, lambda_fine=cfg.lambda_fine,
-                         fine_mask=fine_mask, cross_images=cfg.fine_cross_images,
-                         centre_positions=cfg.fine_centre_positions, threshold=cfg.fine_threshold,
-                         weights=cfg.fine_weights, **negatives), "_out": out}
+    return sparc_loss(out.image_embeds, out.text_embeds, out.patch_embeds, out.token_embeds, out.token_mask,
+                      out.logit_scale, lambda_global=cfg.lambda_global, lambda_fine=cfg.lambda_fine,
+                      fine_mask=fine_mask, cross_images=cfg.fine_cross_images,
+                      centre_positions=cfg.fine_centre_positions, threshold=cfg.fine_threshold,
+                      weights=cfg.fine_weights, **negatives)
 
 
 def flops_per_sample(model: SparkModel) -> float:
