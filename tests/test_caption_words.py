@@ -90,10 +90,45 @@ def test_an_images_word_bag_is_the_union_of_its_captions_words():
     assert "word_ids" not in CaptionedImages(np.zeros((3, 4, 4, 3), np.uint8), captions, [0, 1, 2], tokenizer, 8)[0]
 
 
-def tiny_model(word_head=True):
+def tiny_model(word_head=True, pooling="mean"):
     return SparkModel(SparkConfig(image_size=16, patch_size=8, vision_width=16, vision_layers=1, vision_heads=2,
                                   vocab_size=9, max_text_len=5, text_width=16, text_layers=1, text_heads=2,
-                                  embed_dim=8, caption_word_head=word_head))
+                                  embed_dim=8, caption_word_head=word_head, word_pooling=pooling))
+
+
+@pytest.mark.parametrize("pooling", ["mean", "max"])
+def test_word_logits_match_a_per_image_per_word_loop(pooling):
+    """mean: the head on the mean patch feature; max: each word's score at its best patch."""
+    torch.manual_seed(0)
+    model = tiny_model(pooling=pooling).eval()
+    x, ids = torch.randn(2, 3, 16, 16), IDS[:2]
+    with torch.no_grad():
+        got = model(x, ids, ids != 0).word_logits
+        feats = model.image_features(x).double()
+        w, b = model.word_head.weight.double(), model.word_head.bias.double()
+    for i in range(2):
+        for v in range(9):
+            if pooling == "mean":
+                want = sum(feats[i, p] for p in range(feats.shape[1])) / feats.shape[1] @ w[v] + b[v]
+            else:
+                want = max(float(feats[i, p] @ w[v] + b[v]) for p in range(feats.shape[1]))
+            assert float(got[i, v]) == pytest.approx(float(want), abs=1e-5)
+
+
+def test_max_pooled_word_loss_reaches_only_the_patches_that_score_a_word():
+    """With max pooling a word's gradient goes to its best patch alone; with mean pooling to every patch."""
+    torch.manual_seed(0)
+    for pooling in ("mean", "max"):
+        model = tiny_model(pooling=pooling)
+        feats = torch.randn(1, 4, 16, requires_grad=True)
+        logits = model._word_logits(feats)
+        caption_word_loss(logits, torch.tensor([[3]]), torch.ones(9)).backward()
+        touched = feats.grad[0].abs().sum(-1) > 0
+        if pooling == "mean":
+            assert touched.all()
+        else:  # each of the 9 words' argmax patch, and nothing else
+            best = model.word_head(feats[0]).argmax(0)
+            assert set(touched.nonzero().flatten().tolist()) == set(best.tolist())
 
 
 def test_stage1_loss_adds_lambda_times_the_word_loss_which_trains_the_vision_side_only():
@@ -127,6 +162,7 @@ def test_stage1_loss_adds_lambda_times_the_word_loss_which_trains_the_vision_sid
     (["lambda_words=1", "data.kind=webdataset", "data.train_path=x", "data.val_path=y"],
      "lambda_words: the caption-word loss needs the training captions"),
     (["model.caption_word_head=true"], "model.caption_word_head"),  # not a key: lambda_words decides
+    (["model.word_pooling=median"], "model.word_pooling"),
 ])
 def test_config_refuses_what_it_cannot_do(overrides, message):
     from spark_vlm.training.config import ConfigError, load_config

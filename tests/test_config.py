@@ -20,6 +20,27 @@ def test_shipped_configs_validate(name):
     load_config(Stage1Config, REPO / "configs" / name)
 
 
+@pytest.mark.parametrize("name", ["stage2_tiny.yaml", "stage2_words.yaml"])
+def test_shipped_stage2_configs_validate(name):
+    from spark_vlm.training.stage2_config import Stage2Config
+
+    load_config(Stage2Config, REPO / "configs" / name)
+
+
+def test_the_demo_configs_chain():
+    """`make demo` runs stage1_words then stage2_words: stage 2 must read the run stage 1 writes, and the Makefile
+    must score the run stage 2 writes."""
+    from spark_vlm.training.stage2_config import Stage2Config
+
+    stage1 = load_config(Stage1Config, REPO / "configs" / "stage1_words.yaml")
+    stage2 = load_config(Stage2Config, REPO / "configs" / "stage2_words.yaml")
+    assert stage2.vision_checkpoint == stage1.train.output_dir
+    makefile = (REPO / "Makefile").read_text()
+    assert "stage1_pretrain/train.py --config configs/stage1_words.yaml" in makefile
+    assert "stage2_vlm/train.py --config configs/stage2_words.yaml" in makefile
+    assert f"STAGE2 := {stage2.train.output_dir}" in makefile
+
+
 def test_overrides_apply_with_types():
     cfg = load_config(Stage1Config, None, ["loss=clip", "train.batch_size=64", "optim.lr=3e-4",
                                            "model.vision_layers=2", "train.peak_tflops=null"])

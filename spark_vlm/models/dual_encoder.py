@@ -7,7 +7,8 @@ As in SPARC (Bica et al. 2024; specified in docs/sparc_method.md):
   text_embeds   t̄   = g_t(mean over real tokens f_t(y)) [B, D]
   logit_scale   = exp(log_logit_scale), initialised at 1/0.07 and clamped at 100, shared by both losses.
   word_logits   = word_head(mean_p f_v(x)_p)           [B, vocab] only with caption_word_head (a deviation from the
-                  paper for the caption-word loss, losses.caption_word_loss; absent by default)
+                  paper for the caption-word loss, losses.caption_word_loss; absent by default); with
+                  word_pooling="max": max_p word_head(f_v(x)_p), each word scored at its best patch
 """
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ class SparkConfig(PretrainedConfig):
         pad_token_id: int = 0,
         vision_stem: Literal["patch", "conv"] = "patch",
         caption_word_head: bool = False,
+        word_pooling: Literal["mean", "max"] = "mean",
         **kwargs,
     ):
         self.image_size = image_size
@@ -77,9 +79,13 @@ class SparkConfig(PretrainedConfig):
         self.max_logit_scale = max_logit_scale
         self.initializer_range = initializer_range
         self.vision_stem = vision_stem  # "patch": the ViT's patchify; "conv": early convolutions (encoders.conv_stem)
-        # A linear classifier from the mean patch feature to the vocabulary, trained by the caption-word loss
+        # A linear classifier from the patch features to the vocabulary, trained by the caption-word loss
         # (SuperClass-style; stage-1 option lambda_words). Off by default: the paper's model has none.
         self.caption_word_head = caption_word_head
+        # How the head pools the patches: "mean" scores the mean patch feature (SuperClass); "max" scores every
+        # patch and keeps each word's best one (global max pooling for weak labels, Oquab et al. 2015), so a
+        # word's gradient reaches the patches that hold its object, not the whole image.
+        self.word_pooling = word_pooling
         super().__init__(pad_token_id=pad_token_id, **kwargs)
 
     @classmethod
@@ -156,6 +162,11 @@ class SparkModel(PreTrainedModel):
         """f_t(y): raw token features [B, L, text_width]."""
         return self.text_model(input_ids, attention_mask)
 
+    def _word_logits(self, feats: torch.Tensor) -> torch.Tensor:
+        if self.config.word_pooling == "max":
+            return self.word_head(feats).amax(dim=1)
+        return self.word_head(feats.mean(dim=1))
+
     def _global_image(self, feats: torch.Tensor) -> torch.Tensor:
         return self.vision_proj(self.vision_head(feats.mean(dim=1)))
 
@@ -177,7 +188,7 @@ class SparkModel(PreTrainedModel):
             token_embeds=self.text_proj(txt),
             token_mask=mask,
             logit_scale=self.logit_scale,
-            word_logits=None if self.word_head is None else self.word_head(img.mean(dim=1)),
+            word_logits=None if self.word_head is None else self._word_logits(img),
         )
 
     def encode_image(self, pixel_values: torch.Tensor, normalize: bool = True) -> torch.Tensor:

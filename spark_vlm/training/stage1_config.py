@@ -28,7 +28,7 @@ class ModelConfig(_SparkKwargs):
     def validate(self, prefix: str) -> None:
         c = self.spark_config()
         for key, value in vars(self).items():
-            if key not in ("preset", "vision_stem"):  # the numbers; vision_stem's choices are checked by its type
+            if key not in ("preset", "vision_stem", "word_pooling"):  # the numbers; the choices are checked by type
                 check(getattr(c, key) > 0, f"{prefix}{key}", f"must be > 0, got {getattr(c, key)}")
         check(c.image_size % c.patch_size == 0, f"{prefix}patch_size",
               f"{c.patch_size} does not divide image_size {c.image_size}")
