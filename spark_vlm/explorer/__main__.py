@@ -1,7 +1,7 @@
 """Serve the explorer page on 127.0.0.1 (offline: no external assets).
 
-    python -m spark_vlm.explorer                                   # the demo's runs/stage1 + runs/stage2
-    python -m spark_vlm.explorer --stage1 runs/stage1 --stage2 runs/stage2 --port 8000
+    python -m spark_vlm.explorer                                   # make demo's runs/stage1_words + runs/stage2_words
+    python -m spark_vlm.explorer --stage1 runs/stage1 --stage2 runs/stage2 --port 8000   # the no-argument runs
     python -m spark_vlm.explorer ... --compare-stage1 runs/clip1 --compare-stage2 runs/clip2   # side by side
 
 Pick a built-in test scene (or upload a PNG/JPEG), caption it, click a word to see where it looked; type a caption
@@ -18,8 +18,8 @@ from spark_vlm.explorer.session import RunPair
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m spark_vlm.explorer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stage1", default="runs/stage1", help="stage-1 run directory (SPARK alignment maps)")
-    parser.add_argument("--stage2", default="runs/stage2", help="stage-2 run directory (the captioner)")
+    parser.add_argument("--stage1", default="runs/stage1_words", help="stage-1 run directory (SPARK alignment maps)")
+    parser.add_argument("--stage2", default="runs/stage2_words", help="stage-2 run directory (the captioner)")
     parser.add_argument("--compare-stage1", help="a second stage-1 run, shown side by side")
     parser.add_argument("--compare-stage2", help="the second pair's stage-2 run")
     parser.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1")
