@@ -319,7 +319,8 @@ def sparc_loss(
 
 # --------------------------------------------------------------------------------------------- caption words
 # Not part of SPARC: an auxiliary loss in the manner of SuperClass (Huang et al. 2024, "Classification done right for
-# vision-language pre-training"). The image must name the words of its captions from its mean patch feature alone,
+# vision-language pre-training"). The image must name the words of its captions from its patch features alone
+# (SparkModel's word head: the mean patch feature, or each word at its best patch with word_pooling="max"),
 # one softmax over the vocabulary against the IDF-weighted bag of token ids of *all* the image's captions (with one
 # drawn caption, as SuperClass does on web data, a shape is named in only some of a scene's captions: measured in
 # the README). Unlike the contrastive losses it cannot be won by telling the batch's images apart on colour or

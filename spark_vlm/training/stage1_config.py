@@ -27,8 +27,8 @@ class ModelConfig(_SparkKwargs):
 
     def validate(self, prefix: str) -> None:
         c = self.spark_config()
-        for key, value in vars(self).items():
-            if key not in ("preset", "vision_stem", "word_pooling"):  # the numbers; the choices are checked by type
+        for key in vars(self):
+            if key != "preset" and not isinstance(getattr(c, key), str):  # the numbers; choices are checked by type
                 check(getattr(c, key) > 0, f"{prefix}{key}", f"must be > 0, got {getattr(c, key)}")
         check(c.image_size % c.patch_size == 0, f"{prefix}patch_size",
               f"{c.patch_size} does not divide image_size {c.image_size}")
@@ -84,8 +84,9 @@ class Stage1Config:
     # gives each caption a false twin with one shape word swapped, so the images must be told apart by shape.
     hard_negatives: Literal["none", "shape_swap"] = "none"
     # Caption-word loss (SuperClass-style, losses.caption_word_loss; a deviation from the paper, 0 = off): a linear
-    # head on the mean patch feature names the words of all the image's captions (IDF-weighted), so the pixels must
-    # tell which words, shape names included, they hold. Needs the captions up front (not data.kind=webdataset).
+    # head on the patch features (model.word_pooling: mean, or each word at its best patch) names the words of all
+    # the image's captions (IDF-weighted), so the pixels must tell which words, shape names included, they hold.
+    # Needs the captions up front (not data.kind=webdataset).
     lambda_words: float = 0.0
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
