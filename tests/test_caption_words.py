@@ -163,6 +163,7 @@ def test_stage1_loss_adds_lambda_times_the_word_loss_which_trains_the_vision_sid
      "lambda_words: the caption-word loss needs the training captions"),
     (["model.caption_word_head=true"], "model.caption_word_head"),  # not a key: lambda_words decides
     (["model.word_pooling=median"], "model.word_pooling"),
+    (["model.word_pooling=max"], "model.word_pooling: pools the caption-word head, which only lambda_words > 0"),
 ])
 def test_config_refuses_what_it_cannot_do(overrides, message):
     from spark_vlm.training.config import ConfigError, load_config

@@ -100,6 +100,8 @@ class Stage1Config:
         check(self.lambda_words == 0 or self.data.kind != "webdataset", "lambda_words",
               "the caption-word loss needs the training captions' word frequencies up front; data.kind=webdataset "
               "streams them")
+        check(self.lambda_words > 0 or self.model.word_pooling is None, "model.word_pooling",
+              f"pools the caption-word head, which only lambda_words > 0 builds (lambda_words={self.lambda_words})")
         check(self.lambda_global + self.lambda_fine > 0, "lambda_fine", "lambda_global and lambda_fine are both 0")
         check(self.train.batch_size > 1, "train.batch_size", "contrastive losses need a batch of at least 2")
         if self.data.kind == "scenes":  # real data is counted when it is read (run.py)
