@@ -4,11 +4,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 from .config import ConfigError, load_config
 from .errors import SetupError
 from .run import train
 from .watchdog import die_with_parent, in_multiprocess_launch
+
+WAIT_FOR_RANK0_S = 10.0  # see the ConfigError branch of run_cli
 
 
 def run_cli(config_cls, build_stage, doc: str, argv=None) -> int:
@@ -25,6 +28,11 @@ def run_cli(config_cls, build_stage, doc: str, argv=None) -> int:
     except ConfigError as e:
         if os.environ.get("RANK", "0") == "0":  # every rank reads the same config: one line, not one per rank
             print(f"config error: {e}", file=sys.stderr)
+        else:
+            # The launcher stops every rank as soon as one exits: a silent rank that exited first could stop
+            # rank 0 before its line is written (seen under load). Waiting lets rank 0 exit first; the launcher
+            # then stops this rank at once, so the wait costs nothing when all goes as expected.
+            time.sleep(WAIT_FOR_RANK0_S)
         return 2
     try:
         train(cfg, build_stage, resume=args.resume)
