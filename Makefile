@@ -45,7 +45,7 @@ demo: install
 	$(BIN)/python eval/pope.py --checkpoint $(STAGE2) --instances $(SCENES)/annotations/instances_test.json \
 	  --image-dir $(SCENES)/test --num-images 100 --out runs/eval/pope.json
 	$(BIN)/python eval/pope.py --checkpoint $(STAGE2) --instances $(SCENES)/annotations/instances_test.json \
-	  --image-dir $(SCENES)/test --num-images 100 --answer statement --statements scenes --out runs/eval/pope_statement.json
+	  --image-dir $(SCENES)/test --num-images 500 --answer statement --statements scenes --out runs/eval/pope_statement.json
 
 # The explorer's browser test (tests/test_explorer_browser.py) drives Debian's chromium through chromedriver.
 test: install

@@ -116,6 +116,7 @@ def test_plain_run_then_caption_from_the_run_dir(tmp_path, stage1_dir):
                        "train.eval_every=2", "train.save_every=2"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "for the frozen text-only LM" in proc.stdout and "image contribution (another image - own image)" in proc.stdout
+    assert "frozen vision features of the 64 training images: 0.00 GB, kept in memory" in proc.stdout
     check_run_dir(out, 4)
 
     from spark_vlm.evaluation.captioner import caption_images, load_captioner

@@ -23,8 +23,10 @@ def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
     return ids.flip(1), mask.flip(1)
 
 
-def trim_right_padding(batch: dict[str, torch.Tensor], keys=("input_ids", "attention_mask", "labels")) -> dict:
-    """Cut the columns that are padding in every row (right-padded `attention_mask`): the batch is then as long
-    as its longest sequence, not the configured maximum, and no result changes (padding is masked and unscored)."""
-    length = int(batch["attention_mask"].sum(dim=1).max())
+def trim_right_padding(batch: dict[str, torch.Tensor], keys=("input_ids", "attention_mask", "labels"),
+                       masks=("attention_mask",)) -> dict:
+    """Cut the columns that are padding in every row of every right-padded mask in `masks` (all of `keys` share
+    the length): the batch is then as long as its longest sequence, not the configured maximum, and no result
+    changes (padding is masked and unscored). At least one column is kept."""
+    length = max(1, max(int(batch[m].sum(dim=1).max()) for m in masks if m in batch))
     return {k: (v[:, :length] if k in keys else v) for k, v in batch.items()}

@@ -81,7 +81,8 @@ class CaptionedImages(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         j = self.caption_index(i)
         item = {"images": self.images[i], **{name: values[j] for name, values in self.text.items()},
-                "ids": self.image_ids[i]}  # named in the log if this sample's update is skipped
+                "ids": self.image_ids[i],  # named in the log if this sample's update is skipped
+                "index": i}  # the image's row here (stage 2 keys its frozen features by it: feature_cache.py)
         if self.word_ids is not None:
             item["word_ids"] = self.word_ids[i]
         return item

@@ -233,16 +233,22 @@ class SparkFlamingo(nn.Module):
             layer.activation_checkpointing = enable
 
     # ------------------------------------------------------------------ pieces
-    def visual_latents(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """[B, M, 3, H, W] (or [B, 3, H, W]) -> visual latents [B, M, num_latents, lm_hidden]. (The oracle tower
-        takes object tokens [B, M, K, dim] instead of pixels.)"""
+    def frozen_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[B, M, 3, H, W] (or [B, 3, H, W]) -> the frozen tower's patch features [B, M, P, vision_width], without
+        gradient. (The oracle tower takes object tokens [B, M, K, dim] instead of pixels.)"""
         pixel_values = self.with_media_axis(pixel_values)
         b, m = pixel_values.shape[:2]
         vision_dtype = next(self.vision.parameters()).dtype
         with torch.no_grad():  # frozen tower: no activations kept for backward
             feats = self.vision.image_features(pixel_values.flatten(0, 1).to(vision_dtype))
-        feats = feats.view(b, m, *feats.shape[1:]).to(self.perceiver.proj_in.weight.dtype)
-        return self.perceiver(feats)
+        return feats.view(b, m, *feats.shape[1:])
+
+    def visual_latents(self, pixel_values: torch.Tensor | None,
+                       image_features: torch.Tensor | None = None) -> torch.Tensor:
+        """Pixels (see `frozen_features`), or their features [B, M, P, vision_width] already computed, -> visual
+        latents [B, M, num_latents, lm_hidden]."""
+        feats = self.frozen_features(pixel_values) if image_features is None else image_features
+        return self.perceiver(feats.to(self.perceiver.proj_in.weight.dtype))
 
     def with_media_axis(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """One image per sequence ([B, 3, H, W]) -> [B, M=1, 3, H, W]; already [B, M, ...] stays as it is."""
@@ -302,11 +308,14 @@ class SparkFlamingo(nn.Module):
                                      f"decoder layers {missing} did not run (the image would have no effect)")
 
     # ------------------------------------------------------------------ public API
-    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
-                attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> FlamingoOutput:
+    def forward(self, pixel_values: torch.Tensor | None, input_ids: torch.Tensor,
+                attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                image_features: torch.Tensor | None = None) -> FlamingoOutput:
+        """`image_features` [B, M, P, vision_width] (`frozen_features` of the images) stand in for `pixel_values`
+        when given: stage 2 computes each training image's features once (training/feature_cache.py)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        media = self.media_context(self.visual_latents(pixel_values), self.media_index(input_ids))
+        media = self.media_context(self.visual_latents(pixel_values, image_features), self.media_index(input_ids))
         logits = self.decode(input_ids, attention_mask, self.positions_from_mask(attention_mask), media)
         loss = None
         if labels is not None:  # token t predicts label t+1

@@ -18,6 +18,7 @@ import torch
 
 from ..data.content_tokens import FunctionTokens
 from ..data.images import to_pixel_values
+from ..data.padding import trim_right_padding
 from ..data.stage1 import build_stage1_data
 from ..losses import caption_word_idf, caption_word_loss, clip_loss, filip_loss, sparc_loss
 from ..models import SparkModel
@@ -26,6 +27,10 @@ from .stage1_config import Stage1Config
 from .stage1_eval import GROUNDING_SCENES, evaluate_stage1, grounding_set, held_out_truth
 from .throughput import transformer_train_flops
 
+# The caption tensors of a stage-1 batch (true and hard-negative): the text tower runs over the batch's longest
+# caption, not data's max_text_len (the median batch's longest is 25 of 32 tokens on the built-in scenes).
+CAPTION_KEYS = ("input_ids", "attention_mask", "neg_input_ids", "neg_attention_mask")
+
 
 def stage1_loss(cfg: Stage1Config, model, batch: dict, function_tokens: FunctionTokens | None = None,
                 word_idf: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -33,6 +38,8 @@ def stage1_loss(cfg: Stage1Config, model, batch: dict, function_tokens: Function
     loss when it is on (`function_tokens` is needed with fine_content_tokens_only, `word_idf` with lambda_words)."""
     device = next(model.parameters()).device
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}  # no-op for prepared loaders
+    if cfg.loss != "filip":  # FILIP gathers token rows across ranks, which must then share data's max length
+        batch = trim_right_padding(batch, keys=CAPTION_KEYS, masks=("attention_mask", "neg_attention_mask"))
     out, negatives = _forward(cfg, model, batch)
     losses = _contrastive_loss(cfg, out, batch, negatives, function_tokens)
     if cfg.lambda_words:
@@ -72,15 +79,17 @@ def _contrastive_loss(cfg: Stage1Config, out, batch: dict, negatives: dict,
                       weights=cfg.fine_weights, **negatives)
 
 
-def flops_per_sample(model: SparkModel) -> float:
-    """Training FLOPs of one image-caption pair (matmuls of both towers; embeddings excluded)."""
+def flops_per_sample(model: SparkModel, text_len: float | None = None) -> float:
+    """Training FLOPs of one image-caption pair (matmuls of both towers; embeddings excluded), the text tower's
+    over `text_len` tokens (default max_text_len; the trainer passes the mean real caption length: the padding
+    that a batch still carries up to its longest caption is not useful work)."""
     c = model.config
     vision = sum(p.numel() for n, p in model.vision_model.named_parameters() if "embed" not in n)
     vision += sum(p.numel() for p in model.vision_head.parameters()) + sum(p.numel() for p in model.vision_proj.parameters())
     text = sum(p.numel() for n, p in model.text_model.named_parameters() if "embed" not in n)
     text += sum(p.numel() for p in model.text_proj.parameters())
     return (stem_train_flops(model) + transformer_train_flops(vision, c.num_patches, c.vision_layers, c.vision_width)
-            + transformer_train_flops(text, c.max_text_len, c.text_layers, c.text_width))
+            + transformer_train_flops(text, text_len or c.max_text_len, c.text_layers, c.text_width))
 
 
 def stem_train_flops(model: SparkModel) -> float:
@@ -154,7 +163,8 @@ def build_stage1(cfg: Stage1Config, accelerator) -> Stage:
         loss=lambda m, batch: stage1_loss(cfg, m, batch, function_tokens, word_idf),
         evaluate=lambda m: evaluate_stage1(m, val_data, accelerator.device, truth=truth, grounding=grounding,
                                            late_interaction=cfg.loss == "filip"),
-        flops_per_sample=flops_per_sample(model),
+        flops_per_sample=flops_per_sample(model, float(train_data.attention_mask.float().sum(1).mean())
+                                          if hasattr(train_data, "attention_mask") else None),
         export=lambda acc, m, out_dir: export_model(acc, m, tokenizer, out_dir),
         summary=summary,
     )

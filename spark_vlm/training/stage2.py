@@ -28,6 +28,7 @@ from ..models.flamingo import SparkFlamingo, UnsupportedLMError
 from ..models.oracle_vision import OracleVision, OracleVisionConfig
 from ..models.perceiver import PatchProjector
 from .errors import SetupError
+from .feature_cache import FrozenFeatureCache
 from .run import Stage
 from .stage2_config import Stage2Config
 from .stage2_eval import (caption_losses, distinct_caption_share, gate_values, model_dtype, question_accuracy,
@@ -110,10 +111,13 @@ def full_weights_on_load(accelerator):
         plugin.set_deepspeed_weakref()
 
 
-def stage2_loss(model, batch: dict) -> dict[str, torch.Tensor]:
+def stage2_loss(model, batch: dict, cache: FrozenFeatureCache | None = None, unwrapped=None) -> dict[str, torch.Tensor]:
+    """The captioning loss of one batch; with `cache` (and `unwrapped`, the SparkFlamingo inside `model`'s
+    wrappers) the frozen features of images seen before are read back instead of recomputed."""
     batch = trim_right_padding(batch)  # the LM runs over the batch's longest sequence, not data.max_text_len
-    px = to_pixel_values(batch["images"], model_dtype(model))[:, None]  # one image per sequence
-    out = model(px, batch["input_ids"], batch["attention_mask"], labels=batch["labels"])
+    feats = None if cache is None else cache.features(unwrapped, batch["images"], batch["index"])
+    px = None if feats is not None else to_pixel_values(batch["images"], model_dtype(model))[:, None]  # 1 per text
+    out = model(px, batch["input_ids"], batch["attention_mask"], labels=batch["labels"], image_features=feats)
     return {"loss": out.loss}
 
 
@@ -230,10 +234,16 @@ def build_stage2(cfg: Stage2Config, accelerator) -> Stage:
             + f"trainable weights + manifest saved to {run_dir}/ (eval/caption.py --checkpoint {run_dir})"
         )
 
+    # Not under DeepSpeed: ZeRO-3 gathers the tower's weights inside the engine's forward, where the cache's own
+    # tower call (outside it) would bypass its schedule.
+    cache = None if accelerator.state.deepspeed_plugin else FrozenFeatureCache(len(train_data), d.feature_cache_gb,
+                                                                                  say=accelerator.print)
+    if cache is not None and cache.enabled:  # sized (and reported) now, before the progress bar starts
+        cache.allocate(model.frozen_features(to_pixel_values(train_data.images[:1]))[:, 0])
     return Stage(
         model=model,
         train_data=train_data,
-        loss=stage2_loss,
+        loss=lambda m, batch: stage2_loss(m, batch, cache, accelerator.unwrap_model(m)),
         evaluate=evaluate,
         # Useful FLOPs: the mean real sequence length (padding beyond it is not work done for the model).
         flops_per_sample=stage2_flops_per_sample(model, float(train_data.attention_mask.float().sum(1).mean())),

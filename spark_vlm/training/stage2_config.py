@@ -58,11 +58,13 @@ class Stage2DataConfig(SceneDataFields):  # the same values as stage 1 reuse its
     kind: Literal["scenes"] = "scenes"
     max_text_len: int = 48  # LM tokens per training sequence, <image> and <|endofchunk|> included
     object_questions: int = 0  # >0: add this many yes/no object questions per image to the training text
+    feature_cache_gb: float = 2.0  # keep each training image's frozen features after its first draw, up to this size
 
     def validate(self, prefix: str) -> None:
         self.check_scene_fields(prefix, min_val=1)
         check(self.max_text_len >= 4, f"{prefix}max_text_len", f"must be >= 4, got {self.max_text_len}")
         check(self.object_questions >= 0, f"{prefix}object_questions", f"must be >= 0, got {self.object_questions}")
+        check(self.feature_cache_gb >= 0, f"{prefix}feature_cache_gb", f"must be >= 0, got {self.feature_cache_gb}")
 
 
 # Where stage 2's run differs from the shared `train` / `optim` defaults.
