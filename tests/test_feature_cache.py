@@ -102,7 +102,7 @@ def test_stage1_runs_the_text_tower_over_the_longest_caption_with_the_same_losse
     batch = {"images": torch.randint(0, 256, (3, 16, 16, 3), dtype=torch.uint8), "input_ids": ids,
              "attention_mask": ids != 0, "neg_input_ids": neg, "neg_attention_mask": neg != 0,
              "has_negative": torch.tensor([True, True, False]), "index": torch.arange(3),
-             "word_ids": torch.tensor([[1, 2, 3, -1], [6, 2, 7, 4]] + [[1, 3, -1, -1]])}
+             "word_ids": torch.tensor([[1, 2, 3, -1], [6, 2, 7, 4], [1, 3, -1, -1]])}
     idf = caption_word_idf(ids, ids != 0, 9, (0,))
     cfg = load_config(Stage1Config, None, ["hard_negatives=shape_swap", "fine_centre_positions=true",
                                            "lambda_words=2"])

@@ -7,7 +7,7 @@ epochs; the tower is ~28% of an fp32 step on 2 CPU threads). Nothing else change
 tensor, bit for bit when a batch's images are all new or all cached, and to the float rounding of a smaller
 forward when a batch mixes the two (tests/test_feature_cache.py).
 
-It holds [num_images, P, width] in the tower's dtype (0.98 GB in fp32 for 30k tiny-ViT images) and stays off when
+It holds [num_images, P, width] in the tower's dtype (0.92 GiB in fp32 for 30k tiny-ViT images) and stays off when
 that exceeds `data.feature_cache_gb`; each process keeps its own.
 """
 from __future__ import annotations
