@@ -64,6 +64,33 @@ def test_padding_does_not_change_text_embeddings(model):
     torch.testing.assert_close(model.encode_text(ids), a)
 
 
+def test_packed_text_tower_equals_each_caption_alone(model):
+    """The text tower runs its blocks on the real tokens only; a per-caption loop on the unpadded grid (no mask at
+    all) is the slow reference, for the features and for the gradients. Padding positions hold their normed input
+    embedding (finite and non-zero, so a plain x / |x| downstream cannot turn them into NaN)."""
+    _, ids, mask = batch()
+    tower = model.text_model
+
+    def alone(i):
+        n = int(mask[i].sum())
+        x = tower.token_embed(ids[i:i + 1, :n]) + tower.pos_embed[:, :n]
+        for block in tower.blocks:
+            x = block(x)  # [1, n, W]: the grid path, nothing to mask
+        return tower.ln_final(x)[0]
+
+    out = tower(ids, mask)
+    for i in range(len(ids)):
+        torch.testing.assert_close(out[i, mask[i]], alone(i))
+    pads = tower.ln_final(tower.token_embed(ids) + tower.pos_embed[:, :ids.shape[1]])[~mask]
+    torch.testing.assert_close(out[~mask], pads)
+    assert (out[~mask].norm(dim=-1) > 0.1).all()
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(2)) * mask[..., None]  # real tokens
+    packed = torch.autograd.grad((out * weights).sum(), list(tower.parameters()))
+    loop = sum((alone(i) * weights[i, mask[i]]).sum() for i in range(len(ids)))
+    for g_packed, g_loop in zip(packed, torch.autograd.grad(loop, list(tower.parameters()))):
+        torch.testing.assert_close(g_packed, g_loop, rtol=1e-4, atol=1e-5)  # fp32 sums in another order
+
+
 def test_logit_scale_is_clamped():
     m = SparkModel(SparkConfig(**TINY))
     with torch.no_grad():

@@ -1,6 +1,11 @@
 """The two stage-1 towers, trained from scratch: a ViT (patch tokens, no CLS) and a bidirectional text
 Transformer. Both are stacks of the same pre-LN block with scaled dot-product attention (`attention.py`); masks
 are passed explicitly as arguments, never stored on the layers.
+
+The text tower runs its linear layers on the real tokens only ("unpadding", as in MosaicBERT): captions are short
+beside the padded batch (on the built-in scenes 8.2 real tokens in a batch trimmed to 24.7), and every per-token
+operation (the QKV and output projections, the MLP, the layer norms) would spend most of its arithmetic on padding.
+Only attention needs the [batch, length] grid, so the block scatters q, k, v onto it and gathers the result back.
 """
 from __future__ import annotations
 
@@ -23,16 +28,24 @@ class Attention(nn.Module):
         self.proj = nn.Linear(width, width)
 
     def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        b, n, w = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+        """x [B, L, W] (key_padding_mask [B, L] optional, True = a real token), or packed: x [N, W], the real tokens
+        of a [B, L] grid in row-major order, with key_padding_mask saying where they sit. Output shaped as x."""
+        qkv = self.qkv(x)
+        packed = x.dim() == 2
+        if packed:  # onto the grid for attention; padding rows are zeros, and no query attends to them
+            grid = qkv.new_zeros(*key_padding_mask.shape, qkv.shape[-1])
+            grid[key_padding_mask] = qkv
+            qkv = grid
+        b, n, w3 = qkv.shape
+        q, k, v = qkv.view(b, n, 3, self.heads, w3 // 3 // self.heads).permute(2, 0, 3, 1, 4)
         # A boolean mask where True = may attend (as SDPA's), broadcast over heads and queries.
         attn_mask = None if key_padding_mask is None else key_padding_mask[:, None, None, :]
-        out = attention(q, k, v, attn_mask)
-        return self.proj(out.transpose(1, 2).reshape(b, n, w))
+        out = attention(q, k, v, attn_mask).transpose(1, 2)  # [B, L, heads, d]
+        return self.proj(out[key_padding_mask].flatten(1) if packed else out.reshape(b, n, w3 // 3))
 
 
 class Block(GradientCheckpointingLayer):
-    """Pre-LN Transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+    """Pre-LN Transformer block: x + attn(ln(x)), then x + mlp(ln(x)). x is [B, L, W] or packed [N, W] (Attention)."""
 
     def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0):
         super().__init__()
@@ -94,7 +107,8 @@ class VisionTransformer(nn.Module):
 
 
 class TextTransformer(nn.Module):
-    """Bidirectional text encoder f_t: token ids [B, L] + mask -> token features [B, L, width]."""
+    """Bidirectional text encoder f_t: token ids [B, L] + mask -> token features [B, L, width]. Only the real
+    tokens go through the blocks (packed, see the module docstring); padding positions hold their normed embedding."""
 
     def __init__(self, vocab_size: int, max_len: int, width: int, layers: int, heads: int, mlp_ratio: float):
         super().__init__()
@@ -108,11 +122,14 @@ class TextTransformer(nn.Module):
         length = input_ids.shape[1]
         if length > self.max_len:
             raise ValueError(f"text length {length} exceeds max_text_len {self.max_len}")
-        x = self.token_embed(input_ids) + self.pos_embed[:, :length]
         mask = attention_mask.bool()
         # A caption with no real token would give a fully masked attention row (NaN in SDPA); let it
         # attend to everything instead. Its tokens are excluded downstream by the mask anyway.
         mask = mask | ~mask.any(dim=1, keepdim=True)
+        x = self.token_embed(input_ids) + self.pos_embed[:, :length]  # [B, L, W]
+        h = x[mask]  # [N, W]: the real tokens, packed
         for block in self.blocks:
-            x = block(x, mask)
-        return self.ln_final(x)
+            h = block(h, mask)
+        # Padding keeps its input embedding: a finite, non-zero vector (a zero one would give NaN to any
+        # x / |x| downstream that masks only afterwards), excluded by the mask wherever it matters.
+        return self.ln_final(x.index_put((mask,), h))
