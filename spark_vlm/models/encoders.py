@@ -36,12 +36,12 @@ class Attention(nn.Module):
             grid = qkv.new_zeros(*key_padding_mask.shape, qkv.shape[-1])
             grid[key_padding_mask] = qkv
             qkv = grid
-        b, n, w3 = qkv.shape
-        q, k, v = qkv.view(b, n, 3, self.heads, w3 // 3 // self.heads).permute(2, 0, 3, 1, 4)
+        b, n, w = *qkv.shape[:2], qkv.shape[-1] // 3
+        q, k, v = qkv.view(b, n, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
         # A boolean mask where True = may attend (as SDPA's), broadcast over heads and queries.
         attn_mask = None if key_padding_mask is None else key_padding_mask[:, None, None, :]
         out = attention(q, k, v, attn_mask).transpose(1, 2)  # [B, L, heads, d]
-        return self.proj(out[key_padding_mask].flatten(1) if packed else out.reshape(b, n, w3 // 3))
+        return self.proj(out[key_padding_mask].flatten(1) if packed else out.reshape(b, n, w))
 
 
 class Block(GradientCheckpointingLayer):
