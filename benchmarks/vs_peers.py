@@ -11,14 +11,24 @@ every round; the table gives the median and the min-max spread over rounds):
   stage1 sparc|clip fp32|bf16  forward, loss, backward, AdamW of the tiny dual encoder, batch 64 (--compile: both
                                sides torch.compile'd)
   stage2 fp32|bf16             the same for the trainable parts of the captioner, batch 16 x 32 tokens
-  generate                     greedy, batch 16, exactly 20 new tokens, both with their caches; the LM alone too
+  generate                     greedy, batch 16, exactly 20 new tokens, both with their caches; the LM alone too,
+                               and the ceiling for ours: the LM alone plus our per-call visual prefix (vision
+                               tower, resampler, cross-attention K/V), as if our tokens cost what the LM's do
 MFU is against the measured matmul peak (training/throughput.py), with our own FLOP counts for both sides.
+
+The last column counts minor page faults per call. glibc hands freed memory above its trim threshold back to the
+kernel, so a step's large activations are faulted in (and zeroed) again at every step, on both sides. The control
+for how much of a ratio is that allocator behaviour, rather than either side's code, is the same run with glibc told
+to keep its memory (it reads these at start-up):
+    MALLOC_TRIM_THRESHOLD_=1073741824 MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TOP_PAD_=67108864 taskset -c 0 ...
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -46,18 +56,24 @@ def make_venv(path: str) -> None:
 
 def timed_rounds(sides: dict, work: float, rounds: int, warmup: int = 2) -> dict:
     """sides: name -> a callable doing one unit of work (a step, a generate call). Alternates the sides every round
-    (and who goes first), returns name -> {median, min, max} of work / seconds over the rounds."""
+    (and who goes first), returns name -> {median, min, max} of work / seconds over the rounds, and the median
+    count of minor page faults per call: memory the allocator handed back to the kernel and must fault in again,
+    kernel time that both sides pay and no FLOP count sees."""
     for fn in sides.values():
         for _ in range(warmup):
             fn()
     rates = {name: [] for name in sides}
+    faults = {name: [] for name in sides}
     names = list(sides)
     for r in range(rounds):
         for name in (names if r % 2 == 0 else names[::-1]):
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             t0 = time.perf_counter()
             sides[name]()
             rates[name].append(work / (time.perf_counter() - t0))
-    return {n: {"median": statistics.median(v), "min": min(v), "max": max(v)} for n, v in rates.items()}
+            faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+    return {n: {"median": statistics.median(v), "min": min(v), "max": max(v),
+                "page_faults": statistics.median(faults[n])} for n, v in rates.items()}
 
 
 def autocast(precision: str):
@@ -197,12 +213,24 @@ def generation_cases(ours, theirs, px, rounds: int, batch: int = 16, new: int = 
                                     do_sample=False)
         assert out.shape == (batch, lm_prompt.shape[1] + new), out.shape
 
+    def run_visual_prefix():  # what every call of ours does before its first token: tower, resampler, xattn K/V
+        with torch.no_grad():
+            ours.precompute_visual_kv(ours.visual_latents(ours.with_media_axis(px)))
+
     plain_lm = _plain_lm(ours)
-    res = timed_rounds({"spark-vlm": run_ours, "open_flamingo": run_theirs, "LM alone": run_lm}, batch * new, rounds,
-                       warmup=1)
+    res = timed_rounds({"spark-vlm": run_ours, "open_flamingo": run_theirs, "LM alone": run_lm,
+                        "visual prefix": run_visual_prefix}, batch * new, rounds, warmup=1)
     print(f"  generation: {res}", flush=True)
+    ceiling = generation_ceiling(res["LM alone"]["median"], res["visual prefix"]["median"])
     return [dict(case="generation (greedy, 16 x 20 tokens)", unit="tokens/s", ours=res["spark-vlm"],
-                 peer_name="open_flamingo", peer=res["open_flamingo"], lm_alone=res["LM alone"])]
+                 peer_name="open_flamingo", peer=res["open_flamingo"], lm_alone=res["LM alone"],
+                 visual_prefix_s=batch * new / res["visual prefix"]["median"], ceiling=ceiling)]
+
+
+def generation_ceiling(lm_alone_rate: float, prefix_rate: float) -> float:
+    """Our generate call's rate if each of its tokens cost no more than the LM alone's: the LM-alone call plus the
+    visual prefix. Both rates are the same work (tokens) over their seconds, so the seconds add."""
+    return 1 / (1 / lm_alone_rate + 1 / prefix_rate)
 
 
 def _plain_lm(ours):
@@ -222,8 +250,8 @@ def peak_flops(precision: str) -> float:
 
 
 def table(rows: list[dict], peaks: dict) -> str:
-    lines = ["| case | peer | peer (median, min-max) | spark-vlm (median, min-max) | ratio | MFU ours / peer |",
-             "|---|---|---:|---:|---:|---:|"]
+    lines = ["| case | peer | peer (median, min-max) | spark-vlm (median, min-max) | ratio | MFU ours / peer "
+             "| page faults per call ours / peer |", "|---|---|---:|---:|---:|---:|---:|"]
     fmt = lambda r: f"{r['median']:.1f} ({r['min']:.1f}-{r['max']:.1f})"  # noqa: E731
     for row in rows:
         mfu = ""
@@ -232,11 +260,16 @@ def table(rows: list[dict], peaks: dict) -> str:
             mfu = f"{row['ours']['median'] * row['flops_per_sample'] / peak:.1%} / " \
                   f"{row['peer']['median'] * row['flops_per_sample'] / peak:.1%}"
         lines.append(f"| {row['case']} ({row['unit']}) | {row['peer_name']} | {fmt(row['peer'])} | {fmt(row['ours'])} "
-                     f"| {row['ours']['median'] / row['peer']['median']:.2f}x | {mfu} |")
+                     f"| {row['ours']['median'] / row['peer']['median']:.2f}x | {mfu} "
+                     f"| {row['ours'].get('page_faults', 0):.0f} / {row['peer'].get('page_faults', 0):.0f} |")
         if "lm_alone" in row:
             lm = row["lm_alone"]["median"]
             lines.append(f"| the LM alone (HF generate) | | | {fmt(row['lm_alone'])} | ours at "
-                         f"{row['ours']['median'] / lm:.0%} of it, open_flamingo at {row['peer']['median'] / lm:.0%} | |")
+                         f"{row['ours']['median'] / lm:.0%} of it, open_flamingo at {row['peer']['median'] / lm:.0%} | | "
+                         f"{row['lm_alone'].get('page_faults', 0):.0f} |")
+            if "ceiling" in row:
+                lines.append(f"| ceiling: the LM alone + our visual prefix ({row['visual_prefix_s'] * 1e3:.0f} ms per "
+                             f"call) | | | {row['ceiling']:.1f} | {row['ceiling'] / lm:.0%} of the LM alone | | |")
     return "\n".join(lines)
 
 
@@ -278,7 +311,9 @@ def main() -> None:
     import open_clip as oc
     import transformers
 
-    meta = {"command": " ".join(["python", *sys.argv]), "torch": torch.__version__, "threads": args.threads,
+    allocator_env = [f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")]
+    meta = {"command": " ".join([*allocator_env, "python", *sys.argv]), "torch": torch.__version__,
+            "threads": args.threads,
             "open_clip": oc.__version__, "transformers": transformers.__version__, "rounds": args.rounds,
             "machine": platform.processor() or platform.machine(), "seconds": round(time.perf_counter() - t0),
             "peak_flops": peaks}
