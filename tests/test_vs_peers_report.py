@@ -42,8 +42,9 @@ def test_table_prints_ratios_faults_and_the_ceiling():
     stat = lambda m, f=0: {"median": m, "min": m - 1, "max": m + 1, "page_faults": f}  # noqa: E731
     rows = [dict(case="stage 1 sparc fp32", unit="samples/s", ours=stat(40.0, 7000), peer_name="open_clip",
                  peer=stat(32.0, 28000), flops_per_sample=1e9),
-            dict(case="generation (greedy, 16 x 20 tokens)", unit="tokens/s", ours=stat(350.0), peer_name="open_flamingo",
-                 peer=stat(160.0), lm_alone=stat(1000.0, 5), visual_prefix_s=0.4, ceiling=444.4)]
+            dict(case="generation (greedy, 16 x 20 tokens)", unit="tokens/s", ours=stat(350.0),
+                 peer_name="open_flamingo", peer=stat(160.0), lm_alone=stat(1000.0, 5),
+                 visual_prefix=stat(800.0), work=320)]
     md = vs_peers.table(rows, {"fp32": 80e9, "bf16": 1e9})
     lines = md.splitlines()
     assert "| 1.25x | 50.0% / 40.0% | 7000 / 28000 |" in lines[2]
